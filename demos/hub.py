@@ -1,0 +1,38 @@
+"""The hub: every demo under its own prefix, an index page, and /healthz."""
+from flask import render_template
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+from demos import basic, counter, web
+
+# prefix → demo module, in reading order (the index and tutorial.md follow it)
+DEMOS = {
+    "basic": basic,
+    "counter": counter,
+}
+
+
+def title(module):
+    """A demo's title is the first line of its docstring."""
+    return module.__doc__.strip().splitlines()[0]
+
+
+def create_app(test_config=None):
+    app = web.new_app(__name__, test_config)
+
+    @app.get("/")
+    def index():
+        """Links to every demo, with the line that says what it teaches."""
+        demos = [(prefix, title(module)) for prefix, module in DEMOS.items()]
+        return render_template("hub/index.html", demos=demos)
+
+    @app.get("/healthz")
+    def healthz():
+        """For scripts and tests waiting for the server to come up."""
+        return "ok", 200, {"Content-Type": "text/plain; charset=utf-8"}
+
+    app.wsgi_app = DispatcherMiddleware(
+        app.wsgi_app, {f"/{prefix}": module.app for prefix, module in DEMOS.items()})
+    return app
+
+
+app = create_app()

@@ -1,0 +1,159 @@
+"""Server-Sent Events both ways: frames out of a Flask view, events out of a byte stream.
+
+The wire format (WHATWG HTML, "Server-sent events"): UTF-8 text, one field per
+line (`data:`, `event:`, `id:`, `retry:`), a line starting with `:` is a comment,
+and a blank line dispatches the event the lines before it built.
+"""
+import queue
+import re
+from dataclasses import dataclass
+
+from flask import Response
+
+MIMETYPE = "text/event-stream"  # Flask adds "; charset=utf-8" to text/* types
+HEADERS = {
+    # A live stream must never be served from a cache, nor stored by one.
+    "Cache-Control": "no-cache",
+    # nginx buffers proxied responses unless the response itself says no.
+    "X-Accel-Buffering": "no",
+}
+LINE_BREAK = re.compile(r"\r\n|\r|\n")  # the three line ends the format accepts
+
+
+def format_event(data, event=None, id=None, retry=None):
+    """One event as wire text. `data` may hold newlines: each line gets its own
+    `data:` field, so no payload can start a field or an event of its own."""
+    lines = []
+    if event is not None:
+        if event == "error":
+            raise ValueError("'error' is EventSource's own connection-error event")
+        lines.append(f"event: {_one_line('event', event)}")
+    if id is not None:
+        lines.append(f"id: {_one_line('id', id)}")
+    if retry is not None:
+        if type(retry) is not int or retry < 0:
+            raise ValueError(f"retry must be a non-negative int of milliseconds, not {retry!r}")
+        lines.append(f"retry: {retry}")
+    if data is None:
+        # A frame without data is never dispatched: allowed only to set retry.
+        if event is not None or id is not None or retry is None:
+            raise ValueError("an event without data is silently dropped by browsers")
+    else:
+        lines.extend(f"data: {line}" for line in LINE_BREAK.split(str(data)))
+    return "\n".join(lines) + "\n\n"
+
+
+def _one_line(field, value):
+    value = str(value)
+    if LINE_BREAK.search(value) or "\0" in value:
+        raise ValueError(f"{field} must be one line without NUL, got {value!r}")
+    return value
+
+
+def comment(text=""):
+    """A comment frame such as ': ping': browsers ignore it, proxies see traffic."""
+    return "".join(f": {line}\n" for line in LINE_BREAK.split(text)) + "\n"
+
+
+PING = comment("ping")
+
+
+def event_stream(frames, status=200):
+    """The streaming response every demo returns: SSE type and headers, sent
+    before the first frame, and each frame written as soon as it is yielded."""
+    return Response(frames, status, mimetype=MIMETYPE, headers=HEADERS)
+
+
+def drain(mailbox, heartbeat):
+    """Yield the frames put into `mailbox` (a queue.Queue) until None arrives,
+    and a ': ping' whenever `heartbeat` seconds pass without one. The ping keeps
+    idle proxies from cutting the stream, and a write is the only way a WSGI
+    server notices that the client has gone."""
+    while True:
+        try:
+            frame = mailbox.get(timeout=heartbeat)
+        except queue.Empty:
+            yield PING
+            continue
+        if frame is None:
+            return
+        yield frame
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    data: str
+    event: str = "message"
+    id: str = ""
+
+
+class EventParser:
+    """Incremental SSE parser: feed() it bytes as they arrive, get whole events.
+
+    Lines are cut on bytes and decoded whole, so a character split across two
+    reads comes out intact; only CR, LF and CRLF end a line (never U+2028 or
+    the other breaks str.splitlines() knows); an event is dispatched only by
+    its closing blank line.
+    """
+
+    _LINE_END = re.compile(rb"\r\n|\r|\n")
+
+    def __init__(self):
+        self._pending = b""  # bytes of a line not yet ended
+        self._skip_lf = False  # the last chunk ended in CR: a leading LF is its pair
+        self._first_line = True
+        self._data, self._event = [], ""
+        self.last_event_id = ""
+        self.retry = None  # milliseconds, once the stream has set it
+
+    def feed(self, chunk):
+        """Take the next bytes of the stream; return the events they complete."""
+        if not chunk:
+            return []
+        if self._skip_lf and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        self._skip_lf = chunk[-1:] == b"\r"
+        lines = self._LINE_END.split(self._pending + chunk)
+        self._pending = lines.pop()
+        events = []
+        for raw in lines:
+            event = self._line(raw)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _line(self, raw):
+        if self._first_line:
+            self._first_line = False
+            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a leading BOM is not content
+        if not raw:
+            return self._dispatch()
+        line = raw.decode("utf-8", "replace")
+        name, colon, value = line.partition(":")
+        if colon and not name:
+            return None  # a comment
+        if value[:1] == " ":
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\0" not in value:
+            self.last_event_id = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self.retry = int(value)
+        return None  # unknown fields are ignored, as the spec says
+
+    def _dispatch(self):
+        data, event = self._data, self._event
+        self._data, self._event = [], ""
+        if not data:
+            return None  # nothing to dispatch: browsers fire no event here either
+        return Event("\n".join(data), event or "message", self.last_event_id)
+
+
+def iter_events(chunks):
+    """Events from an iterable of byte chunks, e.g. requests' iter_content(None)."""
+    parser = EventParser()
+    for chunk in chunks:
+        yield from parser.feed(chunk)

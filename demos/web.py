@@ -1,0 +1,47 @@
+"""The Flask plumbing every demo shares: the app skeleton, JSON errors, checked parameters."""
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException, abort
+
+MAX_BODY = 64 * 1024  # SPEC: bodies over 64 KiB are refused with 413
+
+
+def new_app(import_name, test_config=None):
+    """A demo's Flask app: shared templates and static files, JSON errors.
+
+    Every demo serves its own copy of /static, so a page's url_for() links stay
+    right whether the demo runs alone or mounted under the hub's prefix.
+    """
+    app = Flask(import_name, template_folder="../templates", static_folder="../static")
+    app.config.from_mapping(MAX_CONTENT_LENGTH=MAX_BODY)
+    if test_config:
+        app.config.update(test_config)
+    app.register_error_handler(HTTPException, _json_error)
+    return app
+
+
+def _json_error(error):
+    # A client may be a script reading JSON; never answer it with an HTML page.
+    return jsonify(error=error.description), error.code
+
+
+def fail(message, status=400):
+    """Stop the request with {"error": message}: a client error, never a 500."""
+    response = jsonify(error=message)
+    response.status_code = status
+    abort(response)
+
+
+def number_arg(name, default, low, high, kind=float, value=None):
+    """The query parameter `name` as a number in [low, high], or a 400 that says
+    what is accepted. `value` overrides the query string (e.g. from a header)."""
+    raw = request.args.get(name) if value is None else value
+    if raw is None or raw == "":
+        return default
+    try:
+        number = kind(raw)
+    except ValueError:
+        number = None
+    if number is None or not low <= number <= high:
+        kind_name = "an integer" if kind is int else "a number"
+        fail(f"{name} must be {kind_name} from {low} to {high}, got {raw!r}")
+    return number
