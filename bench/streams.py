@@ -29,6 +29,7 @@ as a gunicorn master does, its children are measured instead.
 """
 import argparse
 import asyncio
+import collections
 import datetime
 import glob
 import json
@@ -228,6 +229,8 @@ async def run_level(n, args, target):
         t.cancel()  # no-op on the finished ones
     results = await asyncio.gather(*tasks, return_exceptions=True)
     protos = [r for r in results if isinstance(r, StreamProtocol)]
+    errors = collections.Counter(type(r).__name__ for r in results
+                                 if isinstance(r, BaseException))
     ok = [p for p in protos if p.status == 200]
 
     window.open = True  # the measurement window: only now do events count
@@ -252,7 +255,7 @@ async def run_level(n, args, target):
         "server_cpu_pct": (srv1 - srv0) / wall * 100 if pid else None,
         "client_cpu_pct": cli / wall * 100,
         "connect_failed": n - len(protos), "non_200": len(protos) - len(ok),
-        "closed_early": len(ok) - held,
+        "closed_early": len(ok) - held, "connect_errors": dict(errors),
     }
 
 
@@ -293,8 +296,10 @@ async def bench(args, target, header):
         rows.append(row := await run_level(n, args, target))
         print(format_row(row), flush=True)
         if row["connect_failed"] or row["non_200"] or row["closed_early"]:
-            print(f"{'^':>6}  {row['connect_failed']} failed to connect, {row['non_200']} "
-                  f"non-200, {row['closed_early']} closed early by the server", flush=True)
+            why = ", ".join(f"{k} x{v}" for k, v in row["connect_errors"].items())
+            print(f"{'^':>6}  {row['connect_failed']} failed to connect{why and f' ({why})'}, "
+                  f"{row['non_200']} non-200, {row['closed_early']} closed early by the server",
+                  flush=True)
     return rows
 
 
