@@ -25,7 +25,9 @@ Columns:
     cli CPU %    this script's CPU in the window; near 100 would mean the client,
                  not the server, was the bottleneck
 The srv columns need --server-pid (Linux /proc). If that process has children,
-as a gunicorn master does, its children are measured instead.
+as a gunicorn master does, its children (down to the leaves) are measured
+instead. Memory the server freed after one level is often reused by the next,
+so for a clean KiB/stream at a large N, run that N alone on a fresh server.
 """
 import argparse
 import asyncio
@@ -73,8 +75,7 @@ def raise_fd_limit():
         return soft
 
 
-def server_usage(pid):
-    """(RSS KiB, CPU seconds) of pid, or of its children if it has any."""
+def children(pid):
     pids = []
     for path in glob.glob(f"/proc/{pid}/task/*/children"):
         try:
@@ -82,8 +83,23 @@ def server_usage(pid):
                 pids += [int(c) for c in f.read().split()]
         except OSError:  # a thread that exited meanwhile
             pass
+    return pids
+
+
+def server_usage(pid):
+    """(RSS KiB, CPU seconds) of pid, or of its children if it has any.
+
+    Followed down to the leaves, so a shell wrapping a gunicorn master still
+    measures the workers, not the shell."""
+    leaves, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = children(p)
+        todo += kids
+        if not kids:
+            leaves.append(p)
     rss_kib, ticks = 0, 0
-    for p in pids or [pid]:
+    for p in leaves:
         try:
             with open(f"/proc/{p}/status") as f:
                 rss_kib += sum(int(line.split()[1]) for line in f
@@ -119,8 +135,9 @@ class Window:
 
 class StreamProtocol(asyncio.Protocol):
     """One SSE stream: response head, chunked or close-delimited body, frames."""
+    # 10,000 of these are alive at once: slots keep each one small.
     __slots__ = ("request", "window", "head", "transport", "status", "chunked",
-                 "raw", "chunk_left", "sse", "closed")  # 10,000 of these: keep them small
+                 "raw", "chunk_left", "sse", "closed")
 
     def __init__(self, request, window):
         self.request, self.window = request, window
@@ -145,8 +162,8 @@ class StreamProtocol(asyncio.Protocol):
                 return
             lines = self.raw[:end].decode("latin-1").lower().split("\r\n")
             data, self.raw = self.raw[end + 4:], b""
-            status = lines[0].split()
-            self.status = int(status[1]) if len(status) > 1 and status[1].isdigit() else 0
+            code = (lines[0].split() + ["", ""])[1]  # "HTTP/1.1 200 OK"
+            self.status = int(code) if code.isdigit() else 0  # 0: not HTTP at all
             self.chunked = any(line.replace(" ", "") == "transfer-encoding:chunked"
                                for line in lines[1:])
             self.head.set_result(self.status)
@@ -163,7 +180,8 @@ class StreamProtocol(asyncio.Protocol):
                 eol = self.raw.find(b"\r\n")
                 if eol < 0:
                     return
-                size, self.raw = self.raw[:eol].split(b";")[0].strip(), self.raw[eol + 2:]
+                size = self.raw[:eol].split(b";")[0].strip()  # drop chunk extensions
+                self.raw = self.raw[eol + 2:]
                 if not size:  # the CRLF that ends each chunk's data
                     continue
                 try:
@@ -198,7 +216,8 @@ class StreamProtocol(asyncio.Protocol):
         # RST rather than FIN: no TIME_WAIT piles up on the client's ports.
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            linger_zero = struct.pack("ii", 1, 0)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_zero)
         self.transport.abort()
 
 
@@ -207,8 +226,9 @@ async def open_stream(target, window, gate, deadline):
     host, port, request = target
     loop = asyncio.get_running_loop()
     async with gate:
-        _, proto = await asyncio.wait_for(loop.create_connection(
-            lambda: StreamProtocol(request, window), host, port), deadline - loop.time())
+        connect = loop.create_connection(
+            lambda: StreamProtocol(request, window), host, port)
+        _, proto = await asyncio.wait_for(connect, deadline - loop.time())
         try:
             await asyncio.wait_for(proto.head, deadline - loop.time())
         except BaseException:
@@ -224,7 +244,7 @@ async def run_level(n, args, target):
     gate, deadline = asyncio.Semaphore(args.ramp), loop.time() + RAMP_TIMEOUT
     tasks = [loop.create_task(open_stream(target, window, gate, deadline))
              for _ in range(n)]
-    await asyncio.wait(tasks, timeout=RAMP_TIMEOUT + 1)  # a backstop: each has a deadline
+    await asyncio.wait(tasks, timeout=RAMP_TIMEOUT + 1)  # backstop; each has a deadline
     for t in tasks:
         t.cancel()  # no-op on the finished ones
     results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -263,8 +283,9 @@ def format_row(row):
     cells = [row[k] for k in ("n", "held", "events", "p50_ms", "p99_ms", "max_ms",
                               "kib_per_stream", "server_rss_mib", "server_cpu_pct",
                               "client_cpu_pct")]
-    return "  ".join(("-" if v is None else f"{v:.1f}" if isinstance(v, float) else str(v))
-                     .rjust(width) for v, (_, width) in zip(cells, COLUMNS))
+    texts = ["-" if v is None else f"{v:.1f}" if isinstance(v, float) else str(v)
+             for v in cells]
+    return "  ".join(t.rjust(width) for t, (_, width) in zip(texts, COLUMNS))
 
 
 def parse_target(url):
@@ -297,9 +318,9 @@ async def bench(args, target, header):
         print(format_row(row), flush=True)
         if row["connect_failed"] or row["non_200"] or row["closed_early"]:
             why = ", ".join(f"{k} x{v}" for k, v in row["connect_errors"].items())
-            print(f"{'^':>6}  {row['connect_failed']} failed to connect{why and f' ({why})'}, "
-                  f"{row['non_200']} non-200, {row['closed_early']} closed early by the server",
-                  flush=True)
+            print(f"{'^':>6}  {row['connect_failed']} failed to connect"
+                  f"{why and f' ({why})'}, {row['non_200']} non-200, "
+                  f"{row['closed_early']} closed early by the server", flush=True)
     return rows
 
 
@@ -308,7 +329,7 @@ def main():
     parser.add_argument("url", help="http://host:port/path of the SSE endpoint")
     parser.add_argument("-n", type=int, nargs="+", required=True, help="stream counts")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds measured")
-    parser.add_argument("--server-pid", type=int, help="server (or gunicorn master) pid")
+    parser.add_argument("--server-pid", type=int, help="server or gunicorn master pid")
     parser.add_argument("--ramp", type=int, default=1000, help="connects in flight")
     parser.add_argument("--json", help="also write header and rows to this file")
     args = parser.parse_args()

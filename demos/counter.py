@@ -28,7 +28,7 @@ class ClientGone(Exception):
 
 class EventWriter:
     """The push side, like a Servlet's response writer: send() from any thread
-    or greenlet, complete() to finish. The response iterates frames()."""
+    or greenlet, complete() to finish. The response iterates stream()."""
 
     def __init__(self, heartbeat):
         self._mailbox = queue.Queue()
@@ -43,7 +43,11 @@ class EventWriter:
     def complete(self):
         self._mailbox.put(None)
 
-    def frames(self):
+    def stream(self, producer, *args):
+        """The response body: starts `producer(self, *args)` on its own thread
+        once the response is being sent (not for a HEAD request, not before),
+        then yields whatever it sends."""
+        threading.Thread(target=producer, args=(self, *args), daemon=True).start()
         try:
             yield from sse.drain(self._mailbox, self._heartbeat)
         finally:  # the WSGI server closes us when a write to the client fails
@@ -69,9 +73,7 @@ def create_app(test_config=None):
         if last_id == count:
             return "", 204  # all was delivered: 204 tells EventSource to stop for good
         writer = EventWriter(heartbeat)
-        threading.Thread(target=count_up, args=(writer, last_id + 1, count, interval),
-                         daemon=True).start()
-        return sse.event_stream(writer.frames())
+        return sse.event_stream(writer.stream(count_up, last_id + 1, count, interval))
 
     @app.get("/stats")
     def stats():

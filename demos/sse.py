@@ -60,8 +60,22 @@ PING = comment("ping")
 
 def event_stream(frames, status=200):
     """The streaming response every demo returns: SSE type and headers, sent
-    before the first frame, and each frame written as soon as it is yielded."""
-    return Response(frames, status, mimetype=MIMETYPE, headers=HEADERS)
+    before the first frame, and each frame written as soon as it is yielded.
+
+    direct_passthrough hands our generator straight to the WSGI server, so the
+    Response object is freed at once instead of living as long as the stream.
+    """
+    return Response(_as_bytes(frames), status, mimetype=MIMETYPE, headers=HEADERS,
+                    direct_passthrough=True)
+
+
+def _as_bytes(frames):
+    try:
+        for frame in frames:
+            yield frame.encode() if isinstance(frame, str) else frame
+    finally:  # the server closes us when the client has gone: pass it on
+        if hasattr(frames, "close"):
+            frames.close()
 
 
 def drain(mailbox, heartbeat):

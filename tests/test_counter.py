@@ -69,12 +69,18 @@ def test_bad_input(client, query, headers, message):
 
 def test_writer_refuses_sends_after_the_client_left():
     writer = counter.EventWriter(heartbeat=1)
-    frames = writer.frames()
-    writer.send("x", id=1)
+    frames = writer.stream(lambda writer: writer.send("x", id=1))
     assert next(frames) == "id: 1\ndata: x\n\n"
     frames.close()  # what the WSGI server does when a write fails
     with pytest.raises(counter.ClientGone):
         writer.send("y")
+
+
+def test_head_request_starts_no_producer(client):
+    # A HEAD gets the headers only: the body, and so the producer, never starts.
+    response = client.head("/stream?count=1000&interval=60")
+    assert response.status_code == 200 and response.data == b""
+    assert client.get("/stats").get_json() == {"producers": 0}
 
 
 @pytest.mark.live

@@ -66,6 +66,24 @@ def test_serve_streams_on_gevents_own_server(tmp_path, demo, path):
         process.wait(timeout=10)
 
 
+@pytest.mark.live
+def test_one_demo_runs_alone_under_flask_run(tmp_path):
+    # `flask --app demos.counter run`: the threaded development server streams too.
+    port = free_port()
+    command = [sys.executable, "-m", "flask", "--app", "demos.counter", "run", "--port", str(port)]
+    with open(tmp_path / "flask.log", "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/stream?count=3&interval=0.25"
+        assert wait_until(lambda: _up(url.replace("count=3", "count=1")), timeout=15, step=0.1)
+        stream = live_events(url)
+        assert [event.id for event in stream.events] == ["1", "2", "3", "3"]
+        assert min(b - a for a, b in zip(stream.arrivals[:3], stream.arrivals[1:3])) > 0.15
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 def _up(url):
     try:
         return requests.get(url, timeout=2).status_code == 200
