@@ -72,9 +72,9 @@ def create_app(test_config=None):
     def stream():
         """SSE: one response, one frame per message; resumes after Last-Event-ID."""
         since = since_arg(ticker, "lastEventId", request.headers.get("Last-Event-ID"))
+        counter = Stats() if UNCOUNTED in request.headers else stats
         # The frames are bytes already: direct_passthrough hands them to the
         # server as they are, and no request context is kept alive per stream.
-        counter = Stats() if UNCOUNTED in request.headers else stats
         return Response(frames(ticker, since, counter), mimetype=sse.MIMETYPE,
                         headers=sse.HEADERS, direct_passthrough=True)
 
