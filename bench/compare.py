@@ -57,16 +57,20 @@ COLUMNS = [("lane", 9), ("delivered", 9), ("gaps", 4), ("requests", 8), ("req/ms
 # --- a client that counts every byte it receives -------------------------------
 
 class _CountedReads(io.RawIOBase):
-    def __init__(self, sock, client):
-        self.sock, self.client = sock, client
+    def __init__(self, raw, client):
+        self.raw, self.client = raw, client  # raw: the socket's own unbuffered file
 
     def readable(self):
         return True
 
     def readinto(self, buffer):
-        n = self.sock.recv_into(buffer)
-        self.client.received += n
+        n = self.raw.readinto(buffer)
+        self.client.received += n or 0
         return n
+
+    def close(self):
+        self.raw.close()  # lets the socket close once http.client is done with it
+        super().close()
 
 
 class _CountingSocket:
@@ -76,7 +80,8 @@ class _CountingSocket:
         self._sock, self._client = sock, client
 
     def makefile(self, *args, **kwargs):
-        return io.BufferedReader(_CountedReads(self._sock, self._client))
+        raw = self._sock.makefile("rb", buffering=0)
+        return io.BufferedReader(_CountedReads(raw, self._client))
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
@@ -88,7 +93,10 @@ class _Connection(http.client.HTTPConnection):
         self.client = client
 
     def connect(self):
+        if self.client.window.closed.is_set():  # HTTP/1.0 servers close after each answer
+            raise ConnectionAbortedError("the run is over")
         super().connect()
+        self.client.socket = self.sock  # http.client forgets it once a 1.0 answer starts
         self.sock = _CountingSocket(self.sock, self.client)
 
 
@@ -106,7 +114,7 @@ class Client(threading.Thread):
     def __init__(self, lane, prefix, host, port, window, args):
         super().__init__(daemon=True, name=f"{lane}-client")
         self.lane, self.prefix, self.window, self.args = lane, prefix, window, args
-        self.connection = _Connection(host, port, self)
+        self.connection, self.socket = _Connection(host, port, self), None
         self.requests = self.received = 0
         self.latencies, self.ids, self.error = [], [], None
 
@@ -160,10 +168,9 @@ class Client(threading.Thread):
         return messages[-1]["id"] if messages else None
 
     def hang_up(self):
-        sock = self.connection.sock
-        if sock is not None:
+        if self.socket is not None:
             try:
-                sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in recv()
+                self.socket.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in recv()
             except OSError:
                 pass
 
@@ -224,8 +231,9 @@ def run(base, args):
     after = get_json(base, "/stats")
     for client in clients:
         client.hang_up()
-    for client in clients:
-        client.join(timeout=5)
+    deadline = time.monotonic() + 5
+    for client in clients:  # daemon threads: one still stuck after 5 s is left behind
+        client.join(timeout=max(0.0, deadline - time.monotonic()))
     return {"rows": rows, "published": after["last_id"] - before["last_id"],
             "rate_hz": after["rate_hz"], "client_cpu_pct": cpu / wall * 100,
             "errors": sorted({c.error for c in clients if c.error}),
