@@ -130,14 +130,16 @@ class Client(threading.Thread):
         since = ""
         while not self.window.closed.is_set():
             answer = self.get_json(f"/poll?since={since}")
-            since = self.deliver(answer["messages"]) or answer["last_id"]
+            self.deliver(answer["messages"])
+            since = answer["last_id"]
             self.window.closed.wait(self.args.interval)
 
     def long_poll(self):
         since = ""
         while not self.window.closed.is_set():
             answer = self.get_json(f"/long-poll?since={since}&timeout={self.args.timeout}")
-            since = self.deliver(answer["messages"]) or answer["last_id"]
+            self.deliver(answer["messages"])
+            since = answer["last_id"]
 
     def sse(self):
         self.requests += 1
@@ -159,13 +161,12 @@ class Client(threading.Thread):
         return json.loads(body)
 
     def deliver(self, messages):
-        """Record each message's latency; return the last id, if any."""
+        """Record when each message arrived, on the server's clock."""
         now = time.time() + self.window.offset
         for message in messages:
             if not self.window.closed.is_set():
                 self.latencies.append((now - message["ts"]) * 1000)
                 self.ids.append(message["id"])
-        return messages[-1]["id"] if messages else None
 
     def hang_up(self):
         if self.socket is not None:
