@@ -143,6 +143,7 @@ class RedisBroker:
                         self._deliver(message["channel"], message["data"])
                     elif message and message["type"] == "psubscribe":
                         delay = self._back_up()
+                        reported["changes"] = -1  # a restarted Redis has forgotten our counts
                     self._report(reported)
             except Exception as error:  # whatever it was, never leave streams silently dead
                 if not isinstance(error, self._errors):

@@ -119,7 +119,7 @@ class LiveServer:
             raise RuntimeError(f"gunicorn exited:\n{self.log_path.read_text()}")
         try:
             return requests.get(self.url + "/healthz", timeout=1).text == "ok"
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # a busy machine: not up yet
             return False
 
     def stop(self, sig=signal.SIGTERM):
@@ -239,15 +239,21 @@ class RedisServer:
                 self.process.wait()
 
 
-@pytest.fixture
-def redis_server(tmp_path):
-    """A fresh redis-server for one test. Skips without one, unless KIT_REQUIRE_REDIS=1."""
+def redis_executable():
+    """The redis-server to run (or KIT_REDIS_SERVER); skips the test without one,
+    unless KIT_REQUIRE_REDIS=1 (CI) turns the skip into a failure."""
     executable = os.environ.get("KIT_REDIS_SERVER") or shutil.which("redis-server")
     if not executable:
         reason = "redis-server is not installed (Debian: apt install redis-server)"
         if os.environ.get("KIT_REQUIRE_REDIS") == "1":
             pytest.fail(f"KIT_REQUIRE_REDIS=1 but {reason}")
         pytest.skip(reason)
-    server = RedisServer(tmp_path, executable).start()
+    return executable
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A fresh redis-server for one test, stopped (by pid) after it."""
+    server = RedisServer(tmp_path, redis_executable()).start()
     yield server
     server.stop()
