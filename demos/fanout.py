@@ -5,6 +5,7 @@ per message, not once per subscriber) and the subscribers parked until the next
 one. The brokers (demos/brokers.py) decide where a frame comes from.
 """
 import collections
+import contextlib
 import itertools
 import json
 import os
@@ -12,6 +13,12 @@ import threading
 import time
 
 from demos import sse
+
+try:  # gevent is a runtime requirement, but `flask run` works without it
+    from gevent import get_hub, monkey
+    from gevent.hub import Waiter
+except ImportError:
+    monkey = None
 
 BACKLOG = 256  # frames a board keeps for a subscriber that fell behind
 PING = sse.PING.encode()
@@ -37,6 +44,9 @@ def notice_frame(state, detail):
 # threading.Event each: same interface, chosen once per process.
 
 class ThreadWaiter:
+    """Threads (flask run, the test client): an Event each, set by the publisher."""
+    lock = threading.Lock
+
     def __init__(self):
         self._event = threading.Event()
 
@@ -50,12 +60,15 @@ class ThreadWaiter:
 
 
 class GreenletWaiter:
+    """Greenlets (gunicorn's gevent worker): a gevent Waiter, switched to from the hub."""
+    # A greenlet switches only where it blocks, never inside the board's few lines
+    # under the lock: no lock needed, and none taken 10,000 times a message.
+    lock = contextlib.nullcontext
+
     def __init__(self):
-        from gevent.hub import Waiter
         self._waiter = Waiter()
 
     def wait(self, timeout):
-        from gevent import get_hub
         timer = get_hub().loop.timer(timeout)
         timer.start(self._waiter.switch, None)
         try:
@@ -66,7 +79,6 @@ class GreenletWaiter:
     @staticmethod
     def wake(waiters):
         # A Waiter may only be switched to from the hub: one callback wakes them all.
-        from gevent import get_hub
         get_hub().loop.run_callback(_switch_all, list(waiters))
 
 
@@ -76,11 +88,8 @@ def _switch_all(waiters):
 
 
 def waiter_class():
-    try:
-        from gevent import monkey
-    except ImportError:
-        return ThreadWaiter
-    return GreenletWaiter if monkey.is_module_patched("threading") else ThreadWaiter
+    patched = monkey is not None and monkey.is_module_patched("threading")
+    return GreenletWaiter if patched else ThreadWaiter
 
 
 class Board:
@@ -91,7 +100,7 @@ class Board:
         self.recent = collections.deque(maxlen=BACKLOG)
         self.subscribers = 0
         self._waiter, self._parked = waiter, {}  # dict: O(1) removal on timeout
-        self._lock = threading.Lock()
+        self._lock = waiter.lock()
 
     def post(self, frame):
         with self._lock:
