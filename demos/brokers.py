@@ -55,13 +55,15 @@ class MemoryBroker:
         return [this_worker(self.local.count(channel))]
 
 
-# Atomic in Redis: the id is taken and the message published in one step, so two
-# publishers on two workers can never publish ids 6 and 5 in that order.
-PUBLISH_WITH_ID = """
-local id = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', ARGV[1], id .. ' ' .. ARGV[2])
-return id
-"""
+def publish_with_id(client):
+    """INCR the channel's counter and PUBLISH "<id> <json>" as one Lua script. Redis
+    runs a script atomically, so ids go out in the order they were taken: two
+    publishers on two workers can never publish 6 before 5."""
+    return client.register_script("""
+        local id = redis.call('INCR', KEYS[1])
+        redis.call('PUBLISH', ARGV[1], id .. ' ' .. ARGV[2])
+        return id
+    """)
 
 
 class RedisBroker:
@@ -77,7 +79,11 @@ class RedisBroker:
     REPORT_TTL = 15  # …and the count of a worker that died goes away by itself
 
     def __init__(self, url):
-        import redis  # the one optional extra: only needed when REDIS_URL is set
+        try:
+            import redis  # the one optional extra: only needed when REDIS_URL is set
+        except ImportError:
+            raise RuntimeError("REDIS_URL is set but the redis package is missing: "
+                               "python -m pip install redis") from None
         from redis.backoff import NoBackoff
         from redis.retry import Retry
         self._errors = redis.RedisError
@@ -85,7 +91,7 @@ class RedisBroker:
         # pub/sub connection is a notice the subscribers see.
         self.redis = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5,
                                           retry=Retry(NoBackoff(), 0))
-        self._publish = self.redis.register_script(PUBLISH_WITH_ID)
+        self._publish = publish_with_id(self.redis)
         self.local, self.up, self._pid = Fanout(), False, None
         self._ready, self._start_lock = threading.Event(), threading.Lock()
 
@@ -132,7 +138,7 @@ class RedisBroker:
 
     def _listen(self):
         """The worker's one pub/sub connection, re-made whenever it breaks."""
-        delay, reported = 0.1, {"changes": -1, "due": 0.0}
+        delay, reported = 0.1, {"changes": -1, "at": float("-inf")}
         while True:
             pubsub = self.redis.pubsub()
             try:
@@ -143,7 +149,7 @@ class RedisBroker:
                         self._deliver(message["channel"], message["data"])
                     elif message and message["type"] == "psubscribe":
                         delay = self._back_up()
-                        reported["changes"] = -1  # a restarted Redis has forgotten our counts
+                        reported.update(changes=-1, at=float("-inf"))  # Redis may have lost them
                     self._report(reported)
             except Exception as error:  # whatever it was, never leave streams silently dead
                 if not isinstance(error, self._errors):
@@ -181,7 +187,8 @@ class RedisBroker:
         """Write this worker's subscriber counts to Redis when they change (at most
         every 0.25 s) and every REPORT_EVERY seconds, for the /stats of any worker."""
         now = time.monotonic()
-        if self.local.changes == reported["changes"] and now < reported["due"]:
+        since = now - reported["at"]
+        if since < 0.25 or (self.local.changes == reported["changes"] and since < self.REPORT_EVERY):
             return
         changes, counts = self.local.changes, self.local.counts()
         key = f"{self.PREFIX}subscribers:{socket.gethostname()}:{os.getpid()}"
@@ -191,7 +198,7 @@ class RedisBroker:
                 pipe.hset(key, mapping=counts)
                 pipe.expire(key, self.REPORT_TTL)
             pipe.execute()
-        reported.update(changes=changes, due=now + self.REPORT_EVERY)
+        reported.update(changes=changes, at=now)
 
 
 def from_url(redis_url):
