@@ -7,8 +7,8 @@ import redis
 import requests
 
 from demos import broadcast, fanout, sse
-from tests.conftest import (LiveServer, RedisServer, live_events, read_events, redis_executable,
-                            wait_until)
+from tests.conftest import (LiveServer, RedisServer, free_port, live_events, read_events,
+                            redis_executable, wait_until)
 
 
 @pytest.fixture
@@ -214,6 +214,20 @@ def test_redis_broker_one_connection_for_many_subscribers(redis_server):
     for s in streams:
         s.close()
     assert wait_until(lambda: subscribers(client, "r") == 0, timeout=2)
+
+
+def test_without_redis_a_stream_says_so_and_publishing_is_503():
+    # Nothing listens on that port: the stream still opens at once, with the reason.
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    client = broadcast.create_app({"TESTING": True, "REDIS_URL": url}).test_client()
+    subscriber = Subscriber(client, "/stream?channel=r&heartbeat=0.05")
+    notice, = sse.EventParser().feed(subscriber.first)
+    assert notice.event == "notice" and json.loads(notice.data)["state"] == "down"
+    assert next(subscriber.chunks) == b": ping\n\n"  # open, and alive
+    for response in (publish(client, "lost", "r"), client.get("/stats?channel=r")):
+        assert response.status_code == 503
+        assert response.get_json()["error"] == "Redis is unreachable (ConnectionError); try again"
+    subscriber.close()
 
 
 # --- live: gunicorn gevent workers ---------------------------------------------------------
