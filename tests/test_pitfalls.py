@@ -313,6 +313,8 @@ def test_nginx_kit_config_streams_event_by_event(live_server, nginx):
 
 @pytest.mark.live
 def test_nginx_defaults_buffer_a_stream_that_omits_the_header(live_server, nginx):
+    """nginx's defaults (buffering on, HTTP/1.0 to gunicorn) hold a stream without
+    "X-Accel-Buffering: no" until it ends; with the header it streams."""
     url = nginx(lambda port: default_config(live_server.port, port))
     bare = live_events(url + "/pitfalls/stream?count=4&interval=0.2&bare=1")
     assert bare.status == 200 and numbers(bare) == [1, 2, 3, 4]
