@@ -8,6 +8,7 @@ idle timeout cuts) and `heartbeat` (pings that keep it alive and notice a depart
 client), `end`, `ids` and `retry` + `jitter` (the ways out of a reconnect storm).
 The page adds a live count of producers still running and seven streams to one
 host. The wrong worker: bench/workers.py; the proxy: deploy/nginx.conf.
+Unlike the other demos its defaults are the pitfalls: no heartbeat, no end event.
 Run: flask --app demos.pitfalls run --debug   (alone), or the hub at /pitfalls/
 Watch the raw stream: curl -N "http://127.0.0.1:8000/pitfalls/stream?count=3&interval=0.5"
 Through the gzip middleware: curl -N --compressed "http://127.0.0.1:8000/pitfalls/gzip/stream?count=3"
@@ -71,7 +72,7 @@ def create_app(test_config=None):
 def ticks(count, interval, delay=0.0, heartbeat=None, ids=False, first=1, end=False, retry=None):
     """Events first..count: the first after `delay` seconds, then one per `interval`.
     Without a heartbeat the silences are truly silent: no proxy sees a byte, and
-    the server cannot tell that the client left until its next event."""
+    the server cannot tell that the client left until a write to it fails."""
     token = object()
     RUNNING.add(token)
     try:

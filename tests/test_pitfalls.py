@@ -199,9 +199,8 @@ def test_live_departed_client_is_noticed_by_the_next_write(live_server):
     assert wait_until(lambda: producers(live_server) == 0, timeout=0.6)
 
     live_events(url, limit=1)
-    left = time.monotonic()
-    assert all(producers(live_server) == 1 for _ in range(3))  # still running, nobody listening
-    assert wait_until(lambda: time.monotonic() - left > 0.4, timeout=1) and producers(live_server) == 1
+    time.sleep(0.4)  # half an interval: nothing written since the client left
+    assert producers(live_server) == 1  # still running, nobody listening
     assert wait_until(lambda: producers(live_server) == 0, timeout=3)  # a later write failed
 
 
