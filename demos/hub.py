@@ -2,13 +2,14 @@
 from flask import render_template
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from demos import basic, broadcast, counter, web
+from demos import basic, broadcast, counter, pitfalls, web
 
 # prefix → demo module, in reading order (the index and tutorial.md follow it)
 DEMOS = {
     "basic": basic,
     "counter": counter,
     "broadcast": broadcast,
+    "pitfalls": pitfalls,
 }
 
 
