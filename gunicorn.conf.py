@@ -16,6 +16,12 @@ bind = os.environ.get("BIND", "127.0.0.1:8000")
 # the broadcast demo) to run more.
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 
+# Each worker listens on a socket of its own (SO_REUSEPORT, Linux) and the kernel
+# spreads new connections over them. On one shared socket whichever worker wakes
+# first accepts a whole burst: 50 streams opened at once all landed on one of two
+# workers, which defeats WEB_CONCURRENCY for long-lived streams.
+reuse_port = True
+
 # Each open stream is one greenlet, not one thread: a worker holds thousands.
 worker_class = "gevent"
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "12000"))

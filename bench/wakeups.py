@@ -12,6 +12,7 @@ listeners on one shared Event that it swaps per message, and sends heartbeats
 from the ticker rather than with a timeout on every wait.
 
     waiters     a list of gevent Waiters, one hub callback each (gevent only)
+    waiters+t   the same, each wait with a raw hub timer (demos/fanout.py's way)
     event       one shared threading.Event, swapped for a new one per message
     event+t     the same, each wait with a 15 s timeout (a timer per wait)
     lock        a threading.Lock per waiter, released by the publisher
@@ -47,6 +48,22 @@ class Waiters:
         parked, self.parked = self.parked, []
         for waiter in parked:
             self.hub.loop.run_callback(waiter.switch, None)
+
+
+class WaitersWithTimer(Waiters):
+    """As demos/fanout.py does it: a raw hub timer per wait, for the heartbeat."""
+
+    def wait(self, seen):
+        while self.last_id <= seen:
+            waiter = Waiter()
+            timer = self.hub.loop.timer(15.0)
+            timer.start(waiter.switch, None)
+            self.parked.append(waiter)
+            try:
+                waiter.get()
+            finally:
+                timer.close()
+        return self.last_id
 
 
 class SharedEvent:
@@ -106,7 +123,8 @@ class Condition:
             self.condition.notify_all()
 
 
-WAYS = {"waiters": Waiters, "event": SharedEvent, "event+t": SharedEventWithTimeout,
+WAYS = {"waiters": Waiters, "waiters+t": WaitersWithTimer,
+        "event": SharedEvent, "event+t": SharedEventWithTimeout,
         "lock": LockPerWaiter, "condition": Condition}
 
 

@@ -2,13 +2,15 @@
 from flask import render_template
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from demos import basic, compare, counter, web
+from demos import basic, broadcast, compare, counter, pitfalls, web
 
 # prefix → demo module, in reading order (the index and tutorial.md follow it)
 DEMOS = {
     "basic": basic,
     "counter": counter,
     "compare": compare,
+    "broadcast": broadcast,
+    "pitfalls": pitfalls,
 }
 
 

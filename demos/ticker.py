@@ -6,8 +6,8 @@ each publish swaps in a new bell and rings the old one, so the message id works 
 a generation counter and nobody needs a queue of their own. (The "announcer"
 pattern, a queue per listener filled by a loop, measured 760 ms p99 at 10,000
 streams.) The ticker also rings when it has been quiet for `heartbeat` seconds, so
-streams can send their `: ping` without a timer each: a timer per wait doubled the
-cost of a wake-up in our measurements.
+streams can send their `: ping` without a timer each: a timer per wait made a
+wake-up up to 80 % dearer in our measurements (bench/wakeups.py).
 
 Under gunicorn's gevent worker (and `python -m demos serve`) threading is
 monkey-patched: the ticker thread is a greenlet and the bell is gevent's Event.

@@ -21,6 +21,8 @@ def new_app(import_name, test_config=None):
 
 def _json_error(error):
     # A client may be a script reading JSON; never answer it with an HTML page.
+    if error.code == 413:
+        return jsonify(error=f"request body too large: at most {MAX_BODY // 1024} KiB is accepted"), 413
     return jsonify(error=error.description), error.code
 
 

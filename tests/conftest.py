@@ -2,7 +2,8 @@
 
 Live servers and the browser are real: `gunicorn -k gevent` on a free loopback
 port, Debian's Chromium driven by Playwright. Without Chromium the browser tests
-skip, unless KIT_REQUIRE_BROWSER=1 (CI) turns the skip into a failure.
+skip, unless KIT_REQUIRE_BROWSER=1 (CI) turns the skip into a failure. The same
+goes for Redis tests: a real `redis-server` on a free port, KIT_REQUIRE_REDIS=1.
 """
 import codecs
 import os
@@ -118,7 +119,7 @@ class LiveServer:
             raise RuntimeError(f"gunicorn exited:\n{self.log_path.read_text()}")
         try:
             return requests.get(self.url + "/healthz", timeout=1).text == "ok"
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # a busy machine: not up yet
             return False
 
     def stop(self, sig=signal.SIGTERM):
@@ -193,3 +194,66 @@ def page(browser):
     page.set_default_timeout(10_000)
     yield page
     context.close()
+
+
+# --- a real redis-server ---------------------------------------------------------------
+
+class RedisServer:
+    """`redis-server` on a free loopback port, no persistence; stop() and start()
+    again keep the port, as a restarted Redis would (with its data gone)."""
+
+    def __init__(self, tmp_path, executable):
+        self.port, self.executable = free_port(), executable
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log_path = tmp_path / f"redis-{self.port}.log"
+        self.process = None
+
+    def start(self):
+        command = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
+                   "--save", "", "--appendonly", "no", "--daemonize", "no"]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        if not wait_until(self._answers, timeout=10, step=0.05):
+            self.stop()
+            raise RuntimeError(f"redis-server did not come up:\n{self.log_path.read_text()}")
+        return self
+
+    def _answers(self):
+        if self.process.poll() is not None:
+            raise RuntimeError(f"redis-server exited:\n{self.log_path.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe:
+                probe.sendall(b"PING\r\n")
+                return probe.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self):
+        """Stop the redis-server we started, by its pid."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def redis_executable():
+    """The redis-server to run (or KIT_REDIS_SERVER); skips the test without one,
+    unless KIT_REQUIRE_REDIS=1 (CI) turns the skip into a failure."""
+    executable = os.environ.get("KIT_REDIS_SERVER") or shutil.which("redis-server")
+    if not executable:
+        reason = "redis-server is not installed (Debian: apt install redis-server)"
+        if os.environ.get("KIT_REQUIRE_REDIS") == "1":
+            pytest.fail(f"KIT_REQUIRE_REDIS=1 but {reason}")
+        pytest.skip(reason)
+    return executable
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A fresh redis-server for one test, stopped (by pid) after it."""
+    server = RedisServer(tmp_path, redis_executable()).start()
+    yield server
+    server.stop()
