@@ -10,9 +10,19 @@ monkey.patch_all()
 
 import argparse  # noqa: E402  (imports after the patch on purpose)
 
-from gevent.pywsgi import WSGIServer  # noqa: E402
+from gevent.pywsgi import WSGIHandler, WSGIServer  # noqa: E402
 
 from demos import hub  # noqa: E402
+
+
+class Handler(WSGIHandler):
+    """gevent's handler, adding the connection's socket to the environ as gunicorn
+    and Werkzeug do: the relay asks it where this server listens."""
+
+    def get_environ(self):
+        environ = super().get_environ()
+        environ["kit.socket"] = self.socket
+        return environ
 
 
 def main(argv=None):
@@ -32,7 +42,7 @@ def main(argv=None):
     app = hub.DEMOS[args.demo].app if args.demo else hub.app
     print(f"Serving {args.demo or 'every demo'} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
     try:
-        WSGIServer((args.host, args.port), app).serve_forever()
+        WSGIServer((args.host, args.port), app, handler_class=Handler).serve_forever()
     except KeyboardInterrupt:
         pass
 

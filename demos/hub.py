@@ -2,12 +2,14 @@
 from flask import render_template
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from demos import basic, counter, web
+from demos import basic, counter, fake_llm, relay, web
 
 # prefix → demo module, in reading order (the index and tutorial.md follow it)
 DEMOS = {
     "basic": basic,
     "counter": counter,
+    "relay": relay,
+    "fake-llm": fake_llm,
 }
 
 

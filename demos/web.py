@@ -45,3 +45,16 @@ def number_arg(name, default, low, high, kind=float, value=None):
         kind_name = "an integer" if kind is int else "a number"
         fail(f"{name} must be {kind_name} from {low} to {high}, got {raw!r}")
     return number
+
+
+SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket", "kit.socket")  # kit: python -m demos serve
+
+
+def connection_socket(environ):
+    """The socket of the client connection serving this request, which gunicorn,
+    Werkzeug (`flask run`) and `python -m demos serve` put in the WSGI environ;
+    None under the Flask test client."""
+    for key in SOCKET_KEYS:
+        if key in environ:
+            return environ[key]
+    return None

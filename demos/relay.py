@@ -1,0 +1,321 @@
+"""Relay: an LLM's answer streamed through Flask, token by token (the ChatGPT pattern).
+
+Shows: the browser talks only to this server, which calls the LLM with `requests`
+(stream=True), parses its SSE bytes with the kit's EventParser, and re-emits each
+piece as `data: {"content": …}`, then `event: usage`, then `event: done`. A failure
+before the first byte is an HTTP status; a later one is `event: relay-error`. When
+the client leaves, the upstream connection is closed: the LLM stops generating.
+Run: flask --app demos.relay run --debug   (alone, it serves the fake LLM too),
+or the hub at /relay/
+Watch the raw stream: curl -N "http://127.0.0.1:8000/relay/chat?q=3%2B5%3D%3F"
+A real LLM: UPSTREAM_BASE_URL=https://api.openai.com/v1 UPSTREAM_API_KEY=sk-…
+UPSTREAM_MODEL=gpt-4o-mini (any OpenAI-compatible server), or UPSTREAM_DIALECT=dashscope.
+Leaves out on purpose: chat history on the server, tool calls, retries.
+"""
+import json
+import logging
+import os
+import queue
+import threading
+from urllib.parse import urlsplit
+
+import requests
+from flask import current_app, render_template, request
+from urllib3.exceptions import ReadTimeoutError
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+from demos import fake_llm, sse, web
+
+PATHS = {"openai": "/chat/completions", "dashscope": "/services/aigc/text-generation/generation"}
+CONNECT_TIMEOUT = 3.05  # Requests' advice: a little over a multiple of 3 s (TCP's retransmit)
+HEARTBEAT = 0.5  # s: a silent upstream still gets a write to the client this often
+MAX_TEXT = 8000  # characters per message
+DONE = sse.format_event("[DONE]", event="done")
+LOG = logging.getLogger(__name__)  # the app's own logger: Flask names it after the module
+
+
+def create_app(test_config=None):
+    app = web.new_app(__name__)
+    app.config.from_mapping(UPSTREAM_BASE_URL="", UPSTREAM_API_KEY="", UPSTREAM_MODEL="",
+                            UPSTREAM_DIALECT="openai", UPSTREAM_TIMEOUT=30.0)
+    if test_config is None:
+        app.config.from_mapping({name: os.environ[name] for name in list(app.config)
+                                 if name.startswith("UPSTREAM_") and name in os.environ})
+    else:
+        app.config.update(test_config)
+    check_config(app.config)  # now, not mid-stream
+    builtin = not app.config["UPSTREAM_BASE_URL"]
+    if builtin:  # alone, serve the fake LLM at the path the hub gives it
+        app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/fake-llm": fake_llm.create_app(test_config)})
+
+    @app.get("/")
+    def index():
+        """The chat page: fetch() and EventSource, the raw wire, the fault menu."""
+        where = "the built-in fake LLM" if builtin else urlsplit(app.config["UPSTREAM_BASE_URL"]).hostname
+        return render_template("relay/index.html", upstream=where, faults=fake_llm.FAULTS if builtin else {},
+                               model=app.config["UPSTREAM_MODEL"] or fake_llm.MODEL)
+
+    @app.route("/chat", methods=["GET", "POST"])
+    def chat():
+        """The relayed answer: POST {"messages": […]} (fetch), or GET ?q=… (EventSource)."""
+        messages = read_messages()
+        fault = request.args.get("fault", "")
+        if fault and not builtin:  # a client's header never goes to a real provider
+            web.fail("fault needs the built-in fake LLM, and UPSTREAM_BASE_URL is set")
+        if fault and fault not in fake_llm.FAULTS:
+            web.fail(f"fault must be one of {', '.join(fake_llm.FAULTS)}; got {fault!r}")
+        upstream = open_upstream(app.config, messages, fault, request.environ)
+        relay = Relay(upstream, app.config["UPSTREAM_DIALECT"], app.config["UPSTREAM_API_KEY"],
+                      show_upstream=request.args.get("debug") == "1")
+        response = sse.event_stream(relay.frames())
+        response.call_on_close(relay.stop)  # also when closed before the first frame
+        return response
+
+    return app
+
+
+def check_config(config):
+    """Refuse to start with settings that could only fail later, mid-stream."""
+    base, dialect = config["UPSTREAM_BASE_URL"].rstrip("/"), config["UPSTREAM_DIALECT"]
+    if dialect not in PATHS:
+        raise ValueError(f"UPSTREAM_DIALECT must be openai or dashscope, got {dialect!r}")
+    parts = urlsplit(base)
+    if parts.username or parts.password:
+        raise ValueError("UPSTREAM_BASE_URL must not hold credentials: use UPSTREAM_API_KEY")
+    if base and (parts.scheme not in ("http", "https") or not parts.hostname or parts.query):
+        raise ValueError(f"UPSTREAM_BASE_URL must look like https://api.openai.com/v1, got {base!r}")
+    if base and not config["UPSTREAM_MODEL"]:
+        raise ValueError("UPSTREAM_MODEL is required with UPSTREAM_BASE_URL (gpt-4o-mini, qwen-turbo, …)")
+    if not base and config["UPSTREAM_API_KEY"]:
+        raise ValueError("UPSTREAM_API_KEY is set without UPSTREAM_BASE_URL: it would go to the fake LLM")
+    try:
+        timeout = float(config["UPSTREAM_TIMEOUT"])
+    except ValueError:
+        timeout = 0
+    if not 0.1 <= timeout <= 600:
+        raise ValueError(f"UPSTREAM_TIMEOUT must be 0.1 to 600 seconds, got {config['UPSTREAM_TIMEOUT']!r}")
+    config.update(UPSTREAM_BASE_URL=base, UPSTREAM_TIMEOUT=timeout)
+
+
+def read_messages():
+    """The chat to send: POST {"messages": [{"role", "content"}, …]}, or GET ?q=prompt."""
+    if request.method == "GET":
+        prompt = request.args.get("q", "")
+        if not prompt.strip() or len(prompt) > MAX_TEXT:
+            web.fail(f"q must be a prompt of 1 to {MAX_TEXT} characters")
+        return [{"role": "user", "content": prompt}]
+    body = request.get_json(silent=True)
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list) or not 1 <= len(messages) <= 100:
+        web.fail('the body must be JSON {"messages": [{"role": "user", "content": "…"}]}, 1 to 100 messages')
+    for message in messages:
+        if not (isinstance(message, dict) and message.get("role") in ("system", "user", "assistant")
+                and isinstance(message.get("content"), str) and len(message["content"]) <= MAX_TEXT):
+            web.fail(f'each message must be {{"role": "system", "user" or "assistant", '
+                     f'"content": "<up to {MAX_TEXT} characters>"}}')
+    return [{"role": message["role"], "content": message["content"]} for message in messages]
+
+
+def builtin_url(environ, dialect):
+    """The fake LLM on this very server, at the address it listens on: the local end
+    of this request's socket. Never the Host header: a proxy may rewrite it, and a
+    client must not choose where the server connects."""
+    client = web.connection_socket(environ)
+    address = client.getsockname() if client is not None else None
+    if not isinstance(address, tuple):
+        give_up("the built-in fake LLM needs a TCP server (gunicorn, flask run, python -m demos serve)")
+    host = f"[{address[0]}]" if ":" in address[0] else address[0]
+    return f"http://{host}:{address[1]}/fake-llm" + ("/v1" if dialect == "openai" else "/api/v1")
+
+
+def open_upstream(config, messages, fault, environ):
+    """POST the chat to the LLM, stream=True. Returns the response once its status
+    and type say it will stream; any failure before that is the client's HTTP error."""
+    dialect, key, timeout = config["UPSTREAM_DIALECT"], config["UPSTREAM_API_KEY"], config["UPSTREAM_TIMEOUT"]
+    model = config["UPSTREAM_MODEL"] or fake_llm.MODEL
+    # identity: a compressed stream arrives in bursts, when the compressor flushes
+    headers = {"Accept": "text/event-stream", "Accept-Encoding": "identity"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    if fault:
+        headers["X-Fake-Fault"] = fault
+    if dialect == "openai":
+        body = {"model": model, "messages": messages, "stream": True,
+                "stream_options": {"include_usage": True}}
+    else:  # DashScope: SSE on request; incremental_output false = the whole text each time
+        headers["X-DashScope-SSE"] = "enable"
+        body = {"model": model, "input": {"messages": messages}, "parameters": {"incremental_output": False}}
+    url = (config["UPSTREAM_BASE_URL"] or builtin_url(environ, dialect)) + PATHS[dialect]
+    # Our own fake is reached directly, never through an HTTP_PROXY from the environment.
+    proxies = {"http": None, "https": None} if not config["UPSTREAM_BASE_URL"] else None
+    try:
+        upstream = requests.post(url, json=body, headers=headers, stream=True, proxies=proxies,
+                                 timeout=(CONNECT_TIMEOUT, timeout))
+    except requests.Timeout:
+        give_up(f"the upstream did not answer within {timeout:g} s")
+    except requests.RequestException as error:
+        give_up(f"could not reach the upstream ({type(error).__name__})")
+    kind = upstream.headers.get("Content-Type", "")
+    if upstream.status_code != 200 or not kind.startswith("text/event-stream"):
+        with upstream:
+            said = (error_message(upstream.raw.read(65536, decode_content=True))
+                    if upstream.status_code != 200 else f"{kind}, not an event stream")
+        status = upstream.status_code if upstream.status_code in (401, 429) else 502
+        give_up(redact(f"the upstream answered {upstream.status_code}: {said}", key), status)
+    return upstream
+
+
+def give_up(message, status=502):
+    current_app.logger.warning("relay: %s", message)  # never the key: it is in no message
+    web.fail(message, status)
+
+
+def redact(message, key):
+    """An upstream may quote the key in an error (OpenAI masks most of it; be sure)."""
+    return message.replace(key, "***") if key else message
+
+
+def error_message(body):
+    """The provider's own words: OpenAI's {"error": {"message"}}, DashScope's {"message"}."""
+    try:
+        body = json.loads(body)
+    except ValueError:
+        return "no details"
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
+    if not message and isinstance(body, dict):
+        message = body.get("message")
+    return str(message or "no details")[:300]
+
+
+class UpstreamError(Exception):
+    """The upstream said, mid-stream, that something went wrong."""
+
+
+class Relay:
+    """One relayed answer. A reader thread turns upstream bytes into our frames; the
+    response writes them out, and a ping whenever the upstream is quiet for
+    HEARTBEAT s, because a WSGI server notices a departed client only when a
+    write fails, and a read blocked on a silent LLM writes nothing."""
+
+    def __init__(self, upstream, dialect, key, show_upstream=False):
+        self.upstream, self.key, self.show = upstream, key, show_upstream
+        self.convert = from_openai if dialect == "openai" else from_dashscope
+        self.mailbox, self.reading, self.gone = queue.Queue(), False, False
+
+    def frames(self):
+        """The response body."""
+        self.reading = True
+        threading.Thread(target=self.pump, daemon=True).start()
+        try:
+            yield from sse.drain(self.mailbox, HEARTBEAT)
+        finally:  # the answer ended, or the client left
+            self.stop()
+
+    def stop(self):
+        """Make the reader close the upstream now: the LLM stops generating (and billing).
+        Only the reader closes it; a close() in the middle of its read would break."""
+        self.gone = True
+        if not self.reading:
+            return self.upstream.close()
+        try:
+            self.upstream.raw.shutdown()  # its read returns at once, and it closes
+        except (ValueError, RuntimeError, OSError):
+            pass  # already read to the end
+
+    def pump(self):
+        """The reader thread: upstream bytes → events → our frames, into the mailbox."""
+        chunks = self.upstream.iter_content(chunk_size=None)  # each read, as it arrives
+        if self.show:
+            chunks = self.copy_reads(chunks)
+        try:
+            for frame in self.convert(sse.iter_events(chunks)):
+                self.mailbox.put(frame)
+        except Exception as error:  # the upstream broke, went silent, or we stopped it
+            if not self.gone:
+                self.mailbox.put(self.relay_error(error))
+        finally:
+            self.upstream.close()
+            self.mailbox.put(None)
+
+    def copy_reads(self, chunks):
+        """Debug view: each upstream read goes to the page too, as it arrived."""
+        for chunk in chunks:
+            text = chunk.decode("utf-8", "backslashreplace")  # a cut character shows as \\xe4
+            self.mailbox.put(sse.format_event(json.dumps(text, ensure_ascii=False), event="upstream"))
+            yield chunk
+
+    def relay_error(self, error):
+        status = 502
+        if isinstance(error, UpstreamError):
+            message = str(error)
+        elif error.args and isinstance(error.args[0], ReadTimeoutError):
+            message, status = "the upstream went silent for longer than UPSTREAM_TIMEOUT", 504
+        elif isinstance(error, requests.RequestException):
+            message = "the connection to the upstream broke mid-answer"
+        elif isinstance(error, (ValueError, LookupError, TypeError, AttributeError)):
+            message = "the upstream sent an event the relay could not read"
+        else:
+            LOG.exception("relay: unexpected failure")
+            message, status = "the relay failed", 500
+        message = redact(message, self.key)
+        LOG.warning("relay: %s", message)
+        return sse.format_event(json.dumps({"message": message, "status": status}), event="relay-error")
+
+
+def content(text):
+    return sse.format_event(json.dumps({"content": text}, ensure_ascii=False))
+
+
+def ending(prompt_tokens, completion_tokens):
+    """The usage, when the upstream told us, then done."""
+    if prompt_tokens is not None and completion_tokens is not None:
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
+        yield sse.format_event(json.dumps(usage), event="usage")
+    yield DONE
+
+
+def from_openai(events):
+    """OpenAI chunks → our frames: each delta's content, the usage, done."""
+    usage, finish = {}, None
+    for event in events:
+        if event.data == "[DONE]":
+            break
+        chunk = json.loads(event.data)
+        if chunk.get("error"):
+            raise UpstreamError(f"the upstream failed: {error_message(event.data)}")
+        for choice in chunk.get("choices") or ():
+            if text := choice["delta"].get("content"):
+                yield content(text)
+            finish = choice.get("finish_reason") or finish
+        usage = chunk.get("usage") or usage
+    else:
+        if not finish:  # no [DONE] and no finish_reason: the answer was cut short
+            raise UpstreamError("the upstream ended the stream before the answer was complete")
+    yield from ending(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+
+
+def from_dashscope(events):
+    """DashScope results → our frames: every event repeats the whole text so far,
+    so we send only what is new; then the usage, done."""
+    sent, usage = "", {}
+    for event in events:
+        result = json.loads(event.data)
+        if event.event == "error" or "output" not in result:
+            raise UpstreamError(f"the upstream failed: {error_message(event.data)}")
+        text = result["output"].get("text") or ""
+        if not text.startswith(sent):
+            raise UpstreamError("the upstream's text stopped growing from the text so far")
+        if len(text) > len(sent):
+            yield content(text[len(sent):])
+            sent = text
+        usage = result.get("usage") or usage
+        if result["output"].get("finish_reason") not in (None, "null"):
+            break
+    else:
+        raise UpstreamError("the upstream ended the stream before the answer was complete")
+    yield from ending(usage.get("input_tokens"), usage.get("output_tokens"))
+
+
+app = create_app()
