@@ -12,16 +12,14 @@ Watch the raw stream: curl -N http://127.0.0.1:8000/fake-llm/v1/chat/completions
   -d '{"model": "fake-llm", "stream": true, "messages": [{"role": "user", "content": "3+5=?"}]}'
 Leaves out on purpose: any actual language model, tools, images, several choices.
 """
-import json
 import os
 import re
 import socket
 import time
-import uuid
 
-from flask import jsonify, render_template, request
+from flask import render_template, request
 
-from demos import sse, web
+from demos import dialects, sse, web
 
 MODEL = "fake-llm"
 FAULTS = {  # X-Fake-Fault: value → what the upstream does (the relay page offers these)
@@ -37,6 +35,8 @@ FAULTS = {  # X-Fake-Fault: value → what the upstream does (the relay page off
     "split": "writes each event in two pieces, cut inside a character (valid)",
 }
 FAULT_AT = 3  # a fault strikes after this many events, so some text has arrived
+HTTP_FAULTS = {401: "Incorrect API key provided (simulated).", 429: "Rate limit reached (simulated).",
+               500: "The server had an error while processing your request (simulated)."}
 STALL = 60.0  # seconds of silence: longer than the relay's default UPSTREAM_TIMEOUT
 OPEN_STREAMS = set()  # streams being written right now; GET /stats counts them
 # Roughly how GPT tokenizers cut text: a CJK character alone, a word with its
@@ -85,40 +85,40 @@ def create_app(test_config=None):
     @app.post("/v1/chat/completions")
     def chat_completions():
         """OpenAI chat completions: one JSON answer, or SSE chunks when "stream" is true."""
-        body, fault = read_body(), read_fault()
-        if fault in ("401", "429", "500"):
-            return http_fault(fault, "openai")
-        messages = read_messages(body.get("messages"))
-        pieces, finish = reply(messages, body.get("max_tokens", body.get("max_completion_tokens")))
-        model = body.get("model") or MODEL
-        usage = count_usage(messages, pieces)
-        if not body.get("stream"):
-            return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
-                    "created": int(time.time()), "model": model, "usage": usage,
-                    "choices": [{"index": 0, "finish_reason": finish, "logprobs": None,
-                                 "message": {"role": "assistant", "content": "".join(pieces)}}]}
+        body = read_body()
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        frames = openai_stream(pieces, finish, model, usage if include_usage else None, delay)
-        return sse.event_stream(counted(with_fault(frames, fault, "openai", request.environ, delay)))
+        return complete("openai", read_messages(body.get("messages")), body.get("model") or MODEL,
+                        body.get("max_tokens", body.get("max_completion_tokens")),
+                        stream=bool(body.get("stream")), include_usage=include_usage)
 
     @app.post("/api/v1/services/aigc/text-generation/generation")
     def dashscope():
         """DashScope text generation: SSE when the X-DashScope-SSE: enable header is sent."""
-        body, fault = read_body(), read_fault()
-        if fault in ("401", "429", "500"):
-            return http_fault(fault, "dashscope")
+        body = read_body()
         given = body.get("input") if isinstance(body.get("input"), dict) else {}
-        if isinstance(given.get("prompt"), str) and "messages" not in given:
-            given = {"messages": [{"role": "user", "content": given["prompt"]}]}
-        messages = read_messages(given.get("messages"))
+        messages = given.get("messages") or (
+            [{"role": "user", "content": given["prompt"]}] if isinstance(given.get("prompt"), str) else None)
         parameters = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
-        pieces, finish = reply(messages, parameters.get("max_tokens"))
+        return complete("dashscope", read_messages(messages), body.get("model") or MODEL,
+                        parameters.get("max_tokens"), include_usage=True,
+                        stream=request.headers.get("X-DashScope-SSE") == "enable")
+
+    def complete(dialect, messages, model, max_tokens, stream, include_usage):
+        """Either dialect: an HTTP error if a fault asks, else the answer, whole or streamed."""
+        fault = read_fault()
+        if fault in ("401", "429", "500"):
+            status = int(fault)
+            return dialects.error_body(dialect, status, HTTP_FAULTS[status]), status, (
+                {"Retry-After": "1"} if status == 429 else {})
+        pieces, finish = reply(messages, max_tokens)
         usage = count_usage(messages, pieces)
-        if request.headers.get("X-DashScope-SSE") != "enable":
-            return {"output": {"finish_reason": finish, "text": "".join(pieces)},
-                    "usage": dashscope_usage(usage), "request_id": str(uuid.uuid4())}
-        frames = dashscope_stream(pieces, finish, usage, delay)
-        return sse.event_stream(counted(with_fault(frames, fault, "dashscope", request.environ, delay)))
+        if not stream:
+            return dialects.answer(dialect, pieces, finish, model, usage)
+        if dialect == "openai":
+            frames = dialects.openai_stream(pieces, finish, model, usage if include_usage else None, delay)
+        else:
+            frames = dialects.dashscope_stream(pieces, finish, usage, delay)
+        return sse.event_stream(counted(with_fault(frames, fault, dialect, request.environ, delay)))
 
     return app
 
@@ -177,65 +177,6 @@ def count_usage(messages, pieces):
             "total_tokens": prompt + len(pieces)}
 
 
-def dashscope_usage(usage):
-    return {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"],
-            "total_tokens": usage["total_tokens"]}
-
-
-def compact(value):
-    """JSON as the providers send it: no spaces, non-ASCII as raw UTF-8."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def openai_stream(pieces, finish, model, usage, delay):
-    """OpenAI's wire: a role chunk at once, a chunk per token, the finish, usage, [DONE]."""
-    head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk",
-            "created": int(time.time()), "model": model}
-    tail = {"usage": None} if usage else {}  # with include_usage every chunk has the key
-
-    def chunk(delta, finish_reason=None):
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return f"data: {compact({**head, 'choices': [choice], **tail})}\n\n"
-
-    yield chunk({"role": "assistant", "content": ""})
-    for piece in pieces:
-        time.sleep(delay)
-        yield chunk({"content": piece})
-    yield chunk({}, finish)
-    if usage:
-        yield f"data: {compact({**head, 'choices': [], 'usage': usage})}\n\n"
-    yield "data: [DONE]\n\n"
-
-
-def dashscope_stream(pieces, finish, usage, delay):
-    """DashScope's wire: no space after the colons, and the whole text so far each time."""
-    request_id, text = str(uuid.uuid4()), ""
-    for n, piece in enumerate(pieces, 1):
-        if n > 1:
-            time.sleep(delay)
-        text += piece
-        output = {"finish_reason": finish if n == len(pieces) else "null", "text": text}
-        tokens = {"input_tokens": usage["prompt_tokens"], "output_tokens": n,
-                  "total_tokens": usage["prompt_tokens"] + n}
-        data = compact({"output": output, "usage": tokens, "request_id": request_id})
-        yield f"id:{n}\nevent:result\n:HTTP_STATUS/200\ndata:{data}\n\n"
-
-
-def http_fault(fault, dialect):
-    """An error before the first byte, in the provider's own error format."""
-    status = int(fault)
-    message = {401: "Incorrect API key provided (simulated).", 429: "Rate limit reached (simulated).",
-               500: "The server had an error while processing your request (simulated)."}[status]
-    if dialect == "openai":
-        kind, code = {401: ("invalid_request_error", "invalid_api_key"),
-                      429: ("requests", "rate_limit_exceeded"), 500: ("server_error", None)}[status]
-        body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    else:
-        body = {"code": {401: "InvalidApiKey", 429: "Throttling", 500: "InternalError"}[status],
-                "message": message, "request_id": str(uuid.uuid4())}
-    return jsonify(body), status, {"Retry-After": "1"} if status == 429 else {}
-
-
 def with_fault(frames, fault, dialect, environ, delay):
     """The frames as written to the wire, spoiled the way X-Fake-Fault asked."""
     for n, frame in enumerate(frames):
@@ -247,9 +188,7 @@ def with_fault(frames, fault, dialect, environ, delay):
             yield ('data: {"choices":[{"delta":{"content":"cut sh\n\n' if dialect == "openai"
                    else 'id:0\nevent:result\ndata:{"output":{"text":"cut sh\n\n')
         if n == FAULT_AT and fault == "error-event":
-            yield ('data: {"error":{"message":"The model crashed (simulated).","type":"server_error"}}\n\n'
-                   if dialect == "openai" else 'id:0\nevent:error\n:HTTP_STATUS/500\n'
-                   'data:{"code":"InternalError","message":"The model crashed (simulated)."}\n\n')
+            yield dialects.error_event(dialect, "The model crashed (simulated).")
             return
         if fault == "nospace":
             frame = re.sub(r"(?m)^data: ", "data:", frame)

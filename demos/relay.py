@@ -24,13 +24,11 @@ from flask import current_app, render_template, request
 from urllib3.exceptions import ReadTimeoutError
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from demos import fake_llm, sse, web
+from demos import dialects, fake_llm, sse, web
 
-PATHS = {"openai": "/chat/completions", "dashscope": "/services/aigc/text-generation/generation"}
 CONNECT_TIMEOUT = 3.05  # Requests' advice: a little over a multiple of 3 s (TCP's retransmit)
 HEARTBEAT = 0.5  # s: a silent upstream still gets a write to the client this often
 MAX_TEXT = 8000  # characters per message
-DONE = sse.format_event("[DONE]", event="done")
 LOG = logging.getLogger(__name__)  # the app's own logger: Flask names it after the module
 
 
@@ -77,7 +75,7 @@ def create_app(test_config=None):
 def check_config(config):
     """Refuse to start with settings that could only fail later, mid-stream."""
     base, dialect = config["UPSTREAM_BASE_URL"].rstrip("/"), config["UPSTREAM_DIALECT"]
-    if dialect not in PATHS:
+    if dialect not in dialects.PATHS:
         raise ValueError(f"UPSTREAM_DIALECT must be openai or dashscope, got {dialect!r}")
     parts = urlsplit(base)
     if parts.username or parts.password:
@@ -132,20 +130,14 @@ def open_upstream(config, messages, fault, environ):
     """POST the chat to the LLM, stream=True. Returns the response once its status
     and type say it will stream; any failure before that is the client's HTTP error."""
     dialect, key, timeout = config["UPSTREAM_DIALECT"], config["UPSTREAM_API_KEY"], config["UPSTREAM_TIMEOUT"]
-    model = config["UPSTREAM_MODEL"] or fake_llm.MODEL
-    # identity: a compressed stream arrives in bursts, when the compressor flushes
-    headers = {"Accept": "text/event-stream", "Accept-Encoding": "identity"}
+    extra, body = dialects.request_for(dialect, config["UPSTREAM_MODEL"] or fake_llm.MODEL, messages)
+    # identity: a compressed stream would arrive in bursts, whenever the compressor flushes
+    headers = {"Accept": "text/event-stream", "Accept-Encoding": "identity", **extra}
     if key:
         headers["Authorization"] = f"Bearer {key}"
     if fault:
         headers["X-Fake-Fault"] = fault
-    if dialect == "openai":
-        body = {"model": model, "messages": messages, "stream": True,
-                "stream_options": {"include_usage": True}}
-    else:  # DashScope: SSE on request; incremental_output false = the whole text each time
-        headers["X-DashScope-SSE"] = "enable"
-        body = {"model": model, "input": {"messages": messages}, "parameters": {"incremental_output": False}}
-    url = (config["UPSTREAM_BASE_URL"] or builtin_url(environ, dialect)) + PATHS[dialect]
+    url = (config["UPSTREAM_BASE_URL"] or builtin_url(environ, dialect)) + dialects.PATHS[dialect]
     # Our own fake is reached directly, never through an HTTP_PROXY from the environment.
     proxies = {"http": None, "https": None} if not config["UPSTREAM_BASE_URL"] else None
     try:
@@ -158,7 +150,7 @@ def open_upstream(config, messages, fault, environ):
     kind = upstream.headers.get("Content-Type", "")
     if upstream.status_code != 200 or not kind.startswith("text/event-stream"):
         with upstream:
-            said = (error_message(upstream.raw.read(65536, decode_content=True))
+            said = (dialects.error_message(upstream.raw.read(65536, decode_content=True))
                     if upstream.status_code != 200 else f"{kind}, not an event stream")
         status = upstream.status_code if upstream.status_code in (401, 429) else 502
         give_up(redact(f"the upstream answered {upstream.status_code}: {said}", key), status)
@@ -175,23 +167,6 @@ def redact(message, key):
     return message.replace(key, "***") if key else message
 
 
-def error_message(body):
-    """The provider's own words: OpenAI's {"error": {"message"}}, DashScope's {"message"}."""
-    try:
-        body = json.loads(body)
-    except ValueError:
-        return "no details"
-    error = body.get("error") if isinstance(body, dict) else None
-    message = error.get("message") if isinstance(error, dict) else error
-    if not message and isinstance(body, dict):
-        message = body.get("message")
-    return str(message or "no details")[:300]
-
-
-class UpstreamError(Exception):
-    """The upstream said, mid-stream, that something went wrong."""
-
-
 class Relay:
     """One relayed answer. A reader thread turns upstream bytes into our frames; the
     response writes them out, and a ping whenever the upstream is quiet for
@@ -200,7 +175,7 @@ class Relay:
 
     def __init__(self, upstream, dialect, key, show_upstream=False):
         self.upstream, self.key, self.show = upstream, key, show_upstream
-        self.convert = from_openai if dialect == "openai" else from_dashscope
+        self.convert = dialects.READERS[dialect]
         self.mailbox, self.reading, self.gone = queue.Queue(), False, False
 
     def frames(self):
@@ -247,7 +222,7 @@ class Relay:
 
     def relay_error(self, error):
         status = 502
-        if isinstance(error, UpstreamError):
+        if isinstance(error, dialects.UpstreamError):
             message = str(error)
         elif error.args and isinstance(error.args[0], ReadTimeoutError):
             message, status = "the upstream went silent for longer than UPSTREAM_TIMEOUT", 504
@@ -261,61 +236,6 @@ class Relay:
         message = redact(message, self.key)
         LOG.warning("relay: %s", message)
         return sse.format_event(json.dumps({"message": message, "status": status}), event="relay-error")
-
-
-def content(text):
-    return sse.format_event(json.dumps({"content": text}, ensure_ascii=False))
-
-
-def ending(prompt_tokens, completion_tokens):
-    """The usage, when the upstream told us, then done."""
-    if prompt_tokens is not None and completion_tokens is not None:
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens}
-        yield sse.format_event(json.dumps(usage), event="usage")
-    yield DONE
-
-
-def from_openai(events):
-    """OpenAI chunks → our frames: each delta's content, the usage, done."""
-    usage, finish = {}, None
-    for event in events:
-        if event.data == "[DONE]":
-            break
-        chunk = json.loads(event.data)
-        if chunk.get("error"):
-            raise UpstreamError(f"the upstream failed: {error_message(event.data)}")
-        for choice in chunk.get("choices") or ():
-            if text := choice["delta"].get("content"):
-                yield content(text)
-            finish = choice.get("finish_reason") or finish
-        usage = chunk.get("usage") or usage
-    else:
-        if not finish:  # no [DONE] and no finish_reason: the answer was cut short
-            raise UpstreamError("the upstream ended the stream before the answer was complete")
-    yield from ending(usage.get("prompt_tokens"), usage.get("completion_tokens"))
-
-
-def from_dashscope(events):
-    """DashScope results → our frames: every event repeats the whole text so far,
-    so we send only what is new; then the usage, done."""
-    sent, usage = "", {}
-    for event in events:
-        result = json.loads(event.data)
-        if event.event == "error" or "output" not in result:
-            raise UpstreamError(f"the upstream failed: {error_message(event.data)}")
-        text = result["output"].get("text") or ""
-        if not text.startswith(sent):
-            raise UpstreamError("the upstream's text stopped growing from the text so far")
-        if len(text) > len(sent):
-            yield content(text[len(sent):])
-            sent = text
-        usage = result.get("usage") or usage
-        if result["output"].get("finish_reason") not in (None, "null"):
-            break
-    else:
-        raise UpstreamError("the upstream ended the stream before the answer was complete")
-    yield from ending(usage.get("input_tokens"), usage.get("output_tokens"))
 
 
 app = create_app()

@@ -14,7 +14,7 @@ from flask import Flask, Response
 from flask import request as incoming
 from werkzeug.serving import make_server
 
-from demos import fake_llm, relay, sse
+from demos import dialects, fake_llm, relay, sse
 from tests.conftest import ROOT, LiveServer, free_port, live_events, wait_until
 
 SUM, SUM_TEXT = "3+5=?", "3 + 5 = 8"
@@ -46,13 +46,13 @@ def client():
     return relay.create_app({"TESTING": True}).test_client()
 
 
-def chat(base, prompt=SUM, method="POST", **params):
+def chat(base, prompt=SUM, method="POST", proxies=None, **params):
     """Ask the relay; return (status, events) for a stream or (status, JSON) for an error."""
     url = base + "/chat"
     if method == "GET":
         response = requests.get(url, params={"q": prompt, **params}, stream=True, timeout=10)
     else:
-        response = requests.post(url, params=params, stream=True, timeout=10,
+        response = requests.post(url, params=params, stream=True, timeout=10, proxies=proxies,
                                  json={"messages": [{"role": "user", "content": prompt}]})
     with response:
         if response.headers["Content-Type"] != "text/event-stream; charset=utf-8":
@@ -154,7 +154,7 @@ def test_openai_chunks_become_deltas_usage_and_done():
             'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
             'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
             "data: [DONE]\n\n")
-    assert "".join(relay.from_openai(events_of(wire))) == (
+    assert "".join(dialects.from_openai(events_of(wire))) == (
         'data: {"content": "Hi"}\n\ndata: {"content": " 你"}\n\n'
         'event: usage\ndata: {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}\n\n'
         "event: done\ndata: [DONE]\n\n")
@@ -163,7 +163,7 @@ def test_openai_chunks_become_deltas_usage_and_done():
 def test_openai_without_usage_or_done():
     # No usage chunk: no usage event. A finish_reason but no [DONE] (some servers): still done.
     wire = 'data: {"choices":[{"delta":{"content":"a"},"finish_reason":"stop"}]}\n\n'
-    assert list(relay.from_openai(events_of(wire))) == ['data: {"content": "a"}\n\n', relay.DONE]
+    assert list(dialects.from_openai(events_of(wire))) == ['data: {"content": "a"}\n\n', dialects.DONE]
 
 
 @pytest.mark.parametrize("wire, message", [
@@ -171,8 +171,8 @@ def test_openai_without_usage_or_done():
     ('data: {"error":{"message":"overloaded"}}\n\n', "the upstream failed: overloaded"),
 ])
 def test_openai_failures(wire, message):
-    with pytest.raises(relay.UpstreamError, match=message):
-        list(relay.from_openai(events_of(wire)))
+    with pytest.raises(dialects.UpstreamError, match=message):
+        list(dialects.from_openai(events_of(wire)))
 
 
 def test_dashscope_whole_texts_become_deltas():
@@ -181,11 +181,11 @@ def test_dashscope_whole_texts_become_deltas():
         f'id:{n}\nevent:result\n:HTTP_STATUS/200\ndata:{{"output":{{"finish_reason":"{finish}","text":"{text}"}},'
         f'"usage":{{"output_tokens":{n},"input_tokens":85}},"request_id":"r"}}\n\n'
         for n, (text, finish) in enumerate(zip(texts, ["null", "null", "stop"]), 1))
-    frames = list(relay.from_dashscope(events_of(wire)))
+    frames = list(dialects.from_dashscope(events_of(wire)))
     assert [json.loads(frame[6:])["content"] for frame in frames[:3]] == ["最近", "的公园", "是公园。"]
     assert json.loads(frames[3].split("data: ")[1]) == {
         "prompt_tokens": 85, "completion_tokens": 3, "total_tokens": 88}
-    assert frames[4] == relay.DONE
+    assert frames[4] == dialects.DONE
 
 
 @pytest.mark.parametrize("wire, message", [
@@ -196,8 +196,8 @@ def test_dashscope_whole_texts_become_deltas():
     ('event:result\ndata:{"output":{"text":"ab","finish_reason":"null"}}\n\n', "ended the stream before"),
 ])
 def test_dashscope_failures(wire, message):
-    with pytest.raises(relay.UpstreamError, match=message):
-        list(relay.from_dashscope(events_of(wire)))
+    with pytest.raises(dialects.UpstreamError, match=message):
+        list(dialects.from_dashscope(events_of(wire)))
 
 
 # --- over real HTTP: the relay alone under `flask run`'s server -----------------------------
@@ -253,6 +253,14 @@ def test_debug_shows_the_upstream_reads(flask_run):
     upstream = "".join(json.loads(event.data) for event in events if event.event == "upstream")
     assert ('"delta":{"content":" +"}' in upstream) or ('"text":"3 +"' in upstream)
     assert text_of(events) == SUM_TEXT
+
+
+def test_the_fake_is_reached_without_an_environment_proxy(flask_run, monkeypatch):
+    # Behind a corporate proxy HTTP_PROXY is set, and would catch our call to ourselves.
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "")
+    status, events = chat(flask_run, proxies={"http": None})  # our own request goes direct
+    assert status == 200 and text_of(events) == SUM_TEXT
 
 
 def test_the_host_header_cannot_steer_the_relay(flask_run):
