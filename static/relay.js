@@ -10,6 +10,7 @@ const status = field("status");
 let controller = null; // the fetch() in flight: Stop aborts it
 let source = null; // the EventSource, in GET mode
 let started = 0, firstAt = 0, pieces = 0, pending = "", drawing = false, done = false;
+const UPSTREAM_FRAME = /event: upstream\ndata: .*\n\n/g; // debug copies, shown on the left
 
 // --- rendering: the text waits for the next animation frame, then goes in as text
 function append(text) {
@@ -80,7 +81,7 @@ async function send(event) {
   const body = JSON.stringify({ messages: [{ role: "user", content: fields.get("prompt") }] });
   controller = new AbortController();
   const wire = field("wire");
-  showWire(wire, `POST ${url}`, "note");
+  showWire(wire, `POST ${url}${params.has("debug") ? " (its event: upstream frames go to the left panel)" : ""}`, "note");
   try {
     const response = await fetch(url, { method: "POST", body, signal: controller.signal,
                                         headers: { "Content-Type": "application/json" } });
@@ -93,7 +94,8 @@ async function send(event) {
       const { value, done: ended } = await reader.read();
       if (ended) break;
       const text = decoder.decode(value, { stream: true });
-      showWire(wire, text, "chunk", stamp());
+      const own = text.replace(UPSTREAM_FRAME, ""); // what the relay itself says
+      if (own) showWire(wire, own, "chunk", stamp());
       feed(text);
     }
     showWire(wire, `${stamp()} end of stream`, "note");
