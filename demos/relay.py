@@ -29,7 +29,7 @@ from demos import dialects, fake_llm, sse, web
 CONNECT_TIMEOUT = 3.05  # Requests' advice: a little over a multiple of 3 s (TCP's retransmit)
 HEARTBEAT = 0.5  # s: a silent upstream still gets a write to the client this often
 MAX_TEXT = 8000  # characters per message
-LOG = logging.getLogger(__name__)  # the app's own logger: Flask names it after the module
+LOG = logging.getLogger(__name__)  # the app's logger (Flask names it after the module)
 
 
 def create_app(test_config=None):
@@ -43,6 +43,7 @@ def create_app(test_config=None):
         app.config.update(test_config)
     check_config(app.config)  # now, not mid-stream
     builtin = not app.config["UPSTREAM_BASE_URL"]
+    app.logger.info("relay: upstream %s", app.config["UPSTREAM_BASE_URL"] or "the built-in fake LLM")
     if builtin:  # alone, serve the fake LLM at the path the hub gives it
         app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/fake-llm": fake_llm.create_app(test_config)})
 
