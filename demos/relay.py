@@ -28,6 +28,7 @@ from demos import dialects, fake_llm, sse, web
 
 CONNECT_TIMEOUT = 3.05  # Requests' advice: a little over a multiple of 3 s (TCP's retransmit)
 HEARTBEAT = 0.5  # s: a silent upstream still gets a write to the client this often
+MAILBOX = 256  # frames read but not yet sent: a reader that far ahead waits its turn
 MAX_TEXT = 8000  # characters per message
 LOG = logging.getLogger(__name__)  # the app's logger (Flask names it after the module)
 
@@ -110,21 +111,15 @@ def read_messages():
     for message in messages:
         if not (isinstance(message, dict) and message.get("role") in ("system", "user", "assistant")
                 and isinstance(message.get("content"), str) and len(message["content"]) <= MAX_TEXT):
-            web.fail(f'each message must be {{"role": "system", "user" or "assistant", '
-                     f'"content": "<up to {MAX_TEXT} characters>"}}')
+            web.fail(f'each message must be {{"role": "system|user|assistant", "content": "<≤ {MAX_TEXT} chars>"}}')
     return [{"role": message["role"], "content": message["content"]} for message in messages]
 
 
 def builtin_url(environ, dialect):
-    """The fake LLM on this very server, at the address it listens on: the local end
-    of this request's socket. Never the Host header: a proxy may rewrite it, and a
-    client must not choose where the server connects."""
-    client = web.connection_socket(environ)
-    address = client.getsockname() if client is not None else None
-    if not isinstance(address, tuple):
+    """The fake LLM on this very server, at the address the server listens on."""
+    if (own := web.own_url(environ)) is None:
         give_up("the built-in fake LLM needs a TCP server (gunicorn, flask run, python -m demos serve)")
-    host = f"[{address[0]}]" if ":" in address[0] else address[0]
-    return f"http://{host}:{address[1]}/fake-llm" + ("/v1" if dialect == "openai" else "/api/v1")
+    return own + ("/fake-llm/v1" if dialect == "openai" else "/fake-llm/api/v1")
 
 
 def open_upstream(config, messages, fault, environ):
@@ -144,9 +139,7 @@ def open_upstream(config, messages, fault, environ):
     try:
         upstream = requests.post(url, json=body, headers=headers, stream=True, proxies=proxies,
                                  timeout=(CONNECT_TIMEOUT, timeout))
-    except requests.Timeout:
-        give_up(f"the upstream did not answer within {timeout:g} s")
-    except requests.RequestException as error:
+    except requests.RequestException as error:  # refused, unreachable, or no answer in time
         give_up(f"could not reach the upstream ({type(error).__name__})")
     kind = upstream.headers.get("Content-Type", "")
     if upstream.status_code != 200 or not kind.startswith("text/event-stream"):
@@ -170,21 +163,30 @@ def redact(message, key):
 
 class Relay:
     """One relayed answer. A reader thread turns upstream bytes into our frames; the
-    response writes them out, and a ping whenever the upstream is quiet for
-    HEARTBEAT s, because a WSGI server notices a departed client only when a
-    write fails, and a read blocked on a silent LLM writes nothing."""
+    response writes them out, or a ping when the upstream is quiet: a WSGI server notices
+    a departed client only when a write fails, and a read blocked on a silent LLM writes nothing."""
 
     def __init__(self, upstream, dialect, key, show_upstream=False):
         self.upstream, self.key, self.show = upstream, key, show_upstream
         self.convert = dialects.READERS[dialect]
-        self.mailbox, self.reading, self.gone = queue.Queue(), False, False
+        self.mailbox, self.reading, self.gone = queue.Queue(MAILBOX), False, False
 
     def frames(self):
-        """The response body."""
+        """The response body: all frames ready, in one write; a ping after HEARTBEAT s without."""
         self.reading = True
         threading.Thread(target=self.pump, daemon=True).start()
         try:
-            yield from sse.drain(self.mailbox, HEARTBEAT)
+            while True:
+                try:
+                    ready = [self.mailbox.get(timeout=HEARTBEAT)]
+                except queue.Empty:
+                    ready = [sse.PING]
+                while ready[-1] is not None and not self.mailbox.empty():
+                    ready.append(self.mailbox.get_nowait())
+                if frames := "".join(ready[:-1] if ready[-1] is None else ready):
+                    yield frames  # never an empty write: in chunked encoding that ends the body
+                if ready[-1] is None:
+                    return
         finally:  # the answer ended, or the client left
             self.stop()
 
@@ -198,6 +200,8 @@ class Relay:
             self.upstream.raw.shutdown()  # its read returns at once, and it closes
         except (ValueError, RuntimeError, OSError):
             pass  # already read to the end
+        while not self.mailbox.empty():  # nor may it wait for room in the mailbox for ever
+            self.mailbox.get_nowait()
 
     def pump(self):
         """The reader thread: upstream bytes → events → our frames, into the mailbox."""
@@ -206,13 +210,16 @@ class Relay:
             chunks = self.copy_reads(chunks)
         try:
             for frame in self.convert(sse.iter_events(chunks)):
-                self.mailbox.put(frame)
+                if self.gone:
+                    break
+                self.mailbox.put(frame)  # waits while the mailbox is full: backpressure
         except Exception as error:  # the upstream broke, went silent, or we stopped it
             if not self.gone:
                 self.mailbox.put(self.relay_error(error))
         finally:
             self.upstream.close()
-            self.mailbox.put(None)
+            if not self.gone:
+                self.mailbox.put(None)
 
     def copy_reads(self, chunks):
         """Debug view: each upstream read goes to the page too, as it arrived."""

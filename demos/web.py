@@ -58,3 +58,15 @@ def connection_socket(environ):
         if key in environ:
             return environ[key]
     return None
+
+
+def own_url(environ):
+    """http://host:port where this server listens, for calling itself: the local
+    end of this request's socket. Never the Host header: a proxy may rewrite it,
+    and a client must not choose where the server connects. None if unknown."""
+    client = connection_socket(environ)
+    address = client.getsockname() if client is not None else None
+    if not isinstance(address, tuple):
+        return None  # the test client, or a Unix socket
+    host = f"[{address[0]}]" if ":" in address[0] else address[0]
+    return f"http://{host}:{address[1]}"
