@@ -2,7 +2,7 @@
 """What the relay adds: the same stamped upstream read directly and through the relay.
 
 Usage:
-    python bench/relay.py [--paced 200 1000] [--burst 200000]
+    python bench/relay.py [--paced RATE N] [--burst N] (0 skips a scenario)
                           [--streams 1000] [--rate 20] [--duration 10] [--json FILE]
 
 Starts two servers on loopback, both stopped at the end:
@@ -254,7 +254,7 @@ async def run(args, ports, pids):
     for path in ("direct", "relay"):  # warm up both paths before measuring
         await scenario(ports, pids, path, {"rate": 100, "events": 20}, streams=2)
     report = {}
-    if args.paced:
+    if args.paced and args.paced[1]:
         rate, count = args.paced
         plan = {"rate": rate, "events": int(count)}
         report["paced"] = [await scenario(ports, pids, path, plan) for path in ("direct", "relay")]
