@@ -176,6 +176,7 @@ class Relay:
         self.reading = True
         threading.Thread(target=self.pump, daemon=True).start()
         try:
+            yield sse.PING  # the first bytes at once: the headers go out, proxies see life
             while True:
                 try:
                     ready = [self.mailbox.get(timeout=HEARTBEAT)]

@@ -212,6 +212,13 @@ def test_relays_the_answer(flask_run, method):
     assert events[-1].data == "[DONE]"
 
 
+def test_first_bytes_go_out_at_once(flask_run):
+    # Before the first token: a slow model must not leave the client without headers.
+    response = requests.get(flask_run + "/chat", params={"q": SUM}, stream=True, timeout=10)
+    with response:
+        assert next(response.iter_content(chunk_size=None)) == sse.PING.encode()
+
+
 def test_relays_chinese_across_split_reads(flask_run):
     status, events = chat(flask_run, "你好", fault="split")
     assert status == 200 and text_of(events) == fake_llm.CHINESE
