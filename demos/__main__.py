@@ -11,9 +11,29 @@ monkey.patch_all()
 import argparse  # noqa: E402  (imports after the patch on purpose)
 import socket  # noqa: E402
 
-from gevent.pywsgi import WSGIServer  # noqa: E402
+from gevent.pywsgi import WSGIHandler, WSGIServer  # noqa: E402
 
 from demos import hub  # noqa: E402
+
+
+class Handler(WSGIHandler):
+    """gevent's handler, adding the connection's socket to the environ as gunicorn
+    and Werkzeug do: the relay asks it where this server listens."""
+
+    def get_environ(self):
+        environ = super().get_environ()
+        environ["kit.socket"] = self.socket
+        return environ
+
+
+class Server(WSGIServer):
+    """gevent's WSGI server, with Nagle's algorithm off as gunicorn has it. pywsgi
+    sends a response's head and body in two writes; with Nagle on, the body waits
+    for the client's delayed ACK of the head: about 40 ms on every small answer."""
+
+    def handle(self, sock, address):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().handle(sock, address)
 
 
 def main(argv=None):
@@ -33,19 +53,9 @@ def main(argv=None):
     app = hub.DEMOS[args.demo].app if args.demo else hub.app
     print(f"Serving {args.demo or 'every demo'} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
     try:
-        Server((args.host, args.port), app).serve_forever()
+        Server((args.host, args.port), app, handler_class=Handler).serve_forever()
     except KeyboardInterrupt:
         pass
-
-
-class Server(WSGIServer):
-    """gevent's WSGI server, with Nagle's algorithm off as gunicorn has it. pywsgi
-    sends a response's head and body in two writes; with Nagle on, the body waits
-    for the client's delayed ACK of the head: about 40 ms on every small answer."""
-
-    def handle(self, sock, address):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().handle(sock, address)
 
 
 if __name__ == "__main__":

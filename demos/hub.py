@@ -2,12 +2,14 @@
 from flask import render_template
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from demos import basic, broadcast, compare, counter, pitfalls, web
+from demos import basic, broadcast, compare, counter, fake_llm, pitfalls, relay, web
 
 # prefix → demo module, in reading order (the index and tutorial.md follow it)
 DEMOS = {
     "basic": basic,
     "counter": counter,
+    "relay": relay,
+    "fake-llm": fake_llm,
     "compare": compare,
     "broadcast": broadcast,
     "pitfalls": pitfalls,

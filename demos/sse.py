@@ -113,11 +113,11 @@ class EventParser:
     _LINE_END = re.compile(rb"\r\n|\r|\n")
 
     def __init__(self):
-        self._pending = b""  # bytes of a line not yet ended
+        self._pending = []  # pieces of a line not yet ended, joined once it ends
         self._skip_lf = False  # the last chunk ended in CR: a leading LF is its pair
         self._first_line = True
-        self._data, self._event = [], ""
-        self.last_event_id = ""
+        self._data, self._event, self._id = [], "", ""
+        self.last_event_id = ""  # as EventSource's: set when an event is dispatched
         self.retry = None  # milliseconds, once the stream has set it
 
     def feed(self, chunk):
@@ -127,8 +127,15 @@ class EventParser:
         if self._skip_lf and chunk[:1] == b"\n":
             chunk = chunk[1:]
         self._skip_lf = chunk[-1:] == b"\r"
-        lines = self._LINE_END.split(self._pending + chunk)
-        self._pending = lines.pop()
+        if b"\n" not in chunk and b"\r" not in chunk:
+            self._pending.append(chunk)  # no line end yet: keep it, copy nothing
+            return []
+        if self._pending:
+            self._pending.append(chunk)
+            chunk = b"".join(self._pending)
+        lines = self._LINE_END.split(chunk)
+        rest = lines.pop()  # after the last line end: the start of the next line
+        self._pending = [rest] if rest else []
         events = []
         for raw in lines:
             event = self._line(raw)
@@ -153,17 +160,20 @@ class EventParser:
         elif name == "event":
             self._event = value
         elif name == "id" and "\0" not in value:
-            self.last_event_id = value
+            self._id = value
         elif name == "retry" and value.isascii() and value.isdigit():
             self.retry = int(value)
         return None  # unknown fields are ignored, as the spec says
 
     def _dispatch(self):
+        # The id becomes the last event id only now, with its blank line (WHATWG
+        # "dispatch the event", step 1), so a cut-off event is asked for again.
+        self.last_event_id = self._id
         data, event = self._data, self._event
         self._data, self._event = [], ""
         if not data:
             return None  # nothing to dispatch: browsers fire no event here either
-        return Event("\n".join(data), event or "message", self.last_event_id)
+        return Event("\n".join(data), event or "message", self._id)
 
 
 def iter_events(chunks):

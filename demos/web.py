@@ -47,3 +47,28 @@ def number_arg(name, default, low, high, kind=float, value=None):
         kind_name = "an integer" if kind is int else "a number"
         fail(f"{name} must be {kind_name} from {low} to {high}, got {raw!r}")
     return number
+
+
+SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket", "kit.socket")  # kit: python -m demos serve
+
+
+def connection_socket(environ):
+    """The socket of the client connection serving this request, which gunicorn,
+    Werkzeug (`flask run`) and `python -m demos serve` put in the WSGI environ;
+    None under the Flask test client."""
+    for key in SOCKET_KEYS:
+        if key in environ:
+            return environ[key]
+    return None
+
+
+def own_url(environ):
+    """http://host:port where this server listens, for calling itself: the local
+    end of this request's socket. Never the Host header: a proxy may rewrite it,
+    and a client must not choose where the server connects. None if unknown."""
+    client = connection_socket(environ)
+    address = client.getsockname() if client is not None else None
+    if not isinstance(address, tuple):
+        return None  # the test client, or a Unix socket
+    host = f"[{address[0]}]" if ":" in address[0] else address[0]
+    return f"http://{host}:{address[1]}"

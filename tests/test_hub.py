@@ -8,7 +8,7 @@ import requests
 from demos import hub
 from tests.conftest import ROOT, LiveServer, free_port, live_events, wait_until
 
-SHARED = {"__init__", "__main__", "hub", "sse", "web", "fanout", "brokers", "ticker"}  # modules that are not demos
+SHARED = {"__init__", "__main__", "hub", "sse", "web", "dialects", "fanout", "brokers", "ticker"}  # not demos
 
 
 @pytest.fixture

@@ -66,7 +66,7 @@ def test_comment_and_ping():
     assert EventParser().feed(sse.PING.encode()) == []
 
 
-@pytest.mark.parametrize("wire, events", [
+PARSER_CASES = [
     (b"data: a\n\n", [Event("a")]),
     (b"data:a\r\n\r\n", [Event("a")]),
     (b"data:  two spaces\r\r", [Event(" two spaces")]),
@@ -80,14 +80,87 @@ def test_comment_and_ping():
     (b"id: a\0b\ndata: x\n\n", [Event("x")]),
     (b"foo: bar\ndata: x\n\n", [Event("x")]),
     ("data: caf\u00e9 \u2028 \u4f60\u597d\n\n".encode(), [Event("caf\u00e9 \u2028 \u4f60\u597d")]),
-], ids=["LF", "CRLF-no-space", "CR-two-spaces", "multi-line", "type-and-id-carry",
-        "comment", "no-closing-blank-line", "no-data-no-dispatch", "field-without-colon",
-        "BOM", "id-with-NUL-ignored", "unknown-field", "U+2028-is-not-a-line-end"])
+    (b"data: a\r\n\r\n\r\ndata: b\n\r\n", [Event("a"), Event("b")]),
+    (b"data: \xe4\xbd\n\n", [Event("\ufffd")]),
+    # The examples of the WHATWG HTML standard, "Server-sent events", sections 9.2.1 and 9.2.6:
+    (b"data: This is the first message.\n\ndata: This is the second message, it\n"
+     b"data: has two lines.\n\ndata: This is the third message.\n\n",
+     [Event("This is the first message."), Event("This is the second message, it\nhas two lines."),
+      Event("This is the third message.")]),
+    (b"event: add\ndata: 73857293\n\nevent: remove\ndata: 2153\n\nevent: add\ndata: 113411\n\n",
+     [Event("73857293", "add"), Event("2153", "remove"), Event("113411", "add")]),
+    (b"data: YHOO\ndata: +2\ndata: 10\n\n", [Event("YHOO\n+2\n10")]),
+    (b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n",
+     [Event("first event", "message", "1"), Event("second event"), Event(" third event")]),
+    (b"data\n\ndata\ndata\n\ndata:", [Event(""), Event("\n")]),
+    (b"data:test\n\ndata: test\n\n", [Event("test"), Event("test")]),
+]
+PARSER_IDS = [
+    "LF", "CRLF-no-space", "CR-two-spaces", "multi-line", "type-and-id-carry", "comment",
+    "no-closing-blank-line", "no-data-no-dispatch", "field-without-colon", "BOM",
+    "id-with-NUL-ignored", "unknown-field", "U+2028-is-not-a-line-end", "blank-lines-between",
+    "invalid-UTF-8-replaced", "whatwg-three-messages", "whatwg-event-types", "whatwg-stock-ticker",
+    "whatwg-four-blocks", "whatwg-empty-data", "whatwg-space-after-colon"]
+
+
+@pytest.mark.parametrize("wire, events", PARSER_CASES, ids=PARSER_IDS)
 def test_parser(wire, events):
     # The WHATWG rules, each case whole and then fed one byte at a time.
     assert EventParser().feed(wire) == events
     parser = EventParser()
     assert [e for i in range(len(wire)) for e in parser.feed(wire[i:i + 1])] == events
+
+
+@pytest.mark.parametrize("wire, events", PARSER_CASES, ids=PARSER_IDS)
+@given(data=st.data())
+def test_parser_in_random_splits(wire, events, data):
+    # However the network cuts the bytes, the same events come out.
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(wire) - 1)), max_size=len(wire))))
+    parser = EventParser()
+    pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)])]
+    assert [event for piece in pieces for event in parser.feed(piece)] == events
+
+
+line_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"))
+any_event = st.builds(Event, st.lists(line_text, min_size=1, max_size=4).map("\n".join),
+                      st.sampled_from(["message", "tick", "add"]), line_text.filter(lambda i: "\0" not in i))
+
+
+@given(st.lists(any_event, max_size=6), st.sampled_from(["\n", "\r", "\r\n"]),
+       st.sampled_from([": ", ":"]), st.booleans(), st.data())
+def test_parser_reads_what_any_server_may_write(events, end, colon, comments, data):
+    # Any line end, with or without the space, comments in between, any splits.
+    def field(name, value):
+        return f"{name}{colon}{value}{end}"
+    wire = "".join(
+        (f": keep-alive{end}" if comments else "") + field("event", e.event) + field("id", e.id)
+        + "".join(field("data", line) for line in e.data.split("\n")) + end
+        for e in events).encode()
+
+    def read(value):  # written without the space, a value's own leading space is taken as it
+        return value[1:] if colon == ":" and value.startswith(" ") else value
+    expected = [Event("\n".join(map(read, e.data.split("\n"))), e.event, read(e.id)) for e in events]
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(wire) - 1)), max_size=20)))
+    parser = EventParser()
+    pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)])]
+    assert [event for piece in pieces for event in parser.feed(piece)] == expected
+    assert parser.last_event_id == (expected[-1].id if events else "")
+
+
+def test_last_event_id_waits_for_the_blank_line():
+    """Regression: the parser used to take an `id:` as the last event id as soon as
+    it read the line, before its event was dispatched. A stream cut between the
+    two then resumed *after* an event the client never got (EventSource, and
+    WHATWG step 1 of "dispatch the event", set it only on the blank line).
+    Seen with: curl -N -H "Last-Event-ID: $(the id our parser reported)" …/counter/stream
+    """
+    parser = EventParser()
+    assert parser.feed(b"id: 1\ndata: a\n\nid: 2\ndata: b") == [Event("a", "message", "1")]
+    assert parser.last_event_id == "1"  # event 2 never arrived: ask for it again
+    assert parser.feed(b"\n\n") == [Event("b", "message", "2")]
+    assert parser.last_event_id == "2"
+    parser.feed(b"id: 3\n\n")  # an id-only block sets it without firing an event
+    assert parser.last_event_id == "3"
 
 
 def test_parser_retry_and_last_event_id():

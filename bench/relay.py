@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""What the relay adds: the same stamped upstream read directly and through the relay.
+
+Usage:
+    python bench/relay.py [--paced RATE N] [--burst N] (0 skips a scenario)
+                          [--streams 1000] [--rate 20] [--duration 10] [--json FILE]
+
+Starts two servers on loopback, both stopped at the end:
+  - an upstream (this script with --serve-upstream, a separate process): the
+    OpenAI streaming format, each event's content the unix time it was written;
+  - the relay: `gunicorn -c gunicorn.conf.py`, one gevent worker, with
+    UPSTREAM_BASE_URL pointing at that upstream.
+Then, for each scenario, reads the upstream directly and then through
+/relay/chat, and prints one row per path:
+    paced       one stream, RATE events/s, N events: lateness per event
+    burst       one stream, N events written as fast as the socket takes them:
+                events/s received (the relay parses every event fully)
+    concurrent  STREAMS streams at --rate events/s for --duration s each, opened
+                together: how many completed, and lateness
+Columns: streams completed, ramp s (until the last stream's response head
+came), events received, events/s, lateness (receipt - stamp) p50/p99/max in ms
+over the events stamped once every stream was open (steady state), and CPU %
+(100 = one core) of this client, the relay (gunicorn master + worker) and the
+upstream over the scenario. The `added` row is relay minus direct.
+The client is plain asyncio over raw HTTP/1.0 in one process; its CPU column
+says whether it, not the relay, was the bottleneck.
+"""
+import argparse
+import asyncio
+import heapq
+import json
+import os
+import re
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from demos.sse import EventParser  # noqa: E402  (the kit's own parser, on the client side too)
+
+STAMP = re.compile(r'"content": ?"(\d+\.\d+)"')
+FRAME = b'data: {"choices":[{"index":0,"delta":{"content":"%.6f"},"finish_reason":null}]}\n\n'
+END = (b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+       b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":%d}}\n\ndata: [DONE]\n\n')
+
+
+# --- the stamped upstream (a separate process) ------------------------------------------
+
+class Upstream:
+    """Paced streams share one timer heap, so 1,000 streams at 20/s cost 20,000
+    writes a second and no more; burst streams write batches as fast as TCP takes them."""
+
+    def __init__(self):
+        self.due, self.seq, self.wake = [], 0, asyncio.Event()
+
+    async def handle(self, reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
+        body = json.loads(await reader.readexactly(length))
+        plan = json.loads(body["messages"][-1]["content"])
+        chunked = b"HTTP/1.1" in head.split(b"\r\n", 1)[0]
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n"
+                     + (b"Transfer-Encoding: chunked\r\n" if chunked else b"") + b"\r\n")
+        stream = {"writer": writer, "chunked": chunked, "left": plan["events"], "done": asyncio.Event()}
+        if plan["rate"]:
+            stream["period"] = 1 / plan["rate"]
+            self.schedule(time.time(), stream)
+            await stream["done"].wait()
+        else:
+            await self.burst(stream, plan.get("batch", 100))
+        self.send(stream, END % plan["events"])
+        if chunked:
+            writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    def send(self, stream, data):
+        if stream["chunked"]:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        stream["writer"].write(data)
+
+    def schedule(self, when, stream):
+        self.seq += 1
+        heapq.heappush(self.due, (when, self.seq, stream))
+        self.wake.set()
+
+    async def ticker(self):
+        while True:
+            now = time.time()
+            while self.due and self.due[0][0] <= now:
+                when, _, stream = heapq.heappop(self.due)
+                self.send(stream, FRAME % time.time())
+                stream["left"] -= 1
+                if stream["left"]:
+                    self.schedule(when + stream["period"], stream)
+                else:
+                    stream["done"].set()
+            self.wake.clear()
+            timeout = self.due[0][0] - time.time() if self.due else None
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    async def burst(self, stream, batch):
+        left = stream["left"]
+        while left:
+            count = min(batch, left)
+            self.send(stream, FRAME % time.time() * count)
+            left -= count
+            await stream["writer"].drain()
+
+
+async def serve_upstream(port):
+    upstream = Upstream()
+    server = await asyncio.start_server(upstream.handle, "127.0.0.1", port, backlog=4096)
+    async with server:
+        await asyncio.gather(server.serve_forever(), upstream.ticker())
+
+
+# --- the client ---------------------------------------------------------------------------
+
+async def read_stream(port, path, body, late, opened, keep_stamps=True):
+    """POST over HTTP/1.0 (the body then ends when the server closes); append
+    (stamp, lateness in s) of each event to `late` and the time the response head
+    came to `opened`; return the number of events with a stamp."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    data = json.dumps(body).encode()
+    writer.write(b"POST %s HTTP/1.0\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data))
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
+        raise RuntimeError(head.decode(errors="replace") + (await reader.read(500)).decode(errors="replace"))
+    opened.append(time.time())
+    parser, count = EventParser(), 0
+    while chunk := await reader.read(65536):
+        if not keep_stamps:  # burst: count events cheaply, so the client keeps up
+            count += chunk.count(b"\n\n")
+            continue
+        now = time.time()
+        for event in parser.feed(chunk):
+            if stamp := STAMP.search(event.data):
+                late.append((float(stamp[1]), now - float(stamp[1])))
+                count += 1
+    writer.close()
+    return count
+
+
+def request_for(path, plan):
+    content = json.dumps(plan)
+    if path == "direct":
+        return "/v1/chat/completions", {"model": "bench", "stream": True,
+                                        "messages": [{"role": "user", "content": content}]}
+    return "/relay/chat", {"messages": [{"role": "user", "content": content}]}
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000 if ordered else float("nan")
+
+
+def cpu_seconds(pid):
+    """User + system CPU of a process and its children (a gunicorn master's worker)."""
+    total = 0.0
+    pids = [pid] + [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for each in pids:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+async def scenario(ports, pids, path, plan, streams=1, keep_stamps=True):
+    port = ports["upstream"] if path == "direct" else ports["relay"]
+    url, body = request_for(path, plan)
+    late, opened = [], []
+    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    client_cpu = resource.getrusage(resource.RUSAGE_SELF)
+    started, started_at = time.monotonic(), time.time()
+    results = await asyncio.gather(*(read_stream(port, url, body, late, opened, keep_stamps)
+                                     for _ in range(streams)), return_exceptions=True)
+    wall = time.monotonic() - started
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    counts = [r for r in results if isinstance(r, int)]
+    errors = [r for r in results if not isinstance(r, int)]
+    all_open = max(opened, default=started_at)  # lateness counts from here: steady state
+    late = [lateness for stamp, lateness in late if stamp >= all_open]
+    row = {"path": path, "events": sum(counts), "events/s": sum(counts) / wall,
+           "completed": sum(c == plan["events"] or not keep_stamps for c in counts), "streams": streams,
+           "ramp s": all_open - started_at, "measured": len(late),
+           "p50": percentile(late, 50), "p99": percentile(late, 99), "max": max(late, default=0) * 1000,
+           "cli CPU": (used.ru_utime + used.ru_stime - client_cpu.ru_utime - client_cpu.ru_stime) / wall * 100,
+           "errors": [repr(e)[:200] for e in errors[:3]]}
+    for name, pid in pids.items():
+        row[f"{name} CPU"] = (cpu_seconds(pid) - cpu[name]) / wall * 100
+    return row
+
+
+# --- running it all -----------------------------------------------------------------------
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(port, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def start_servers(log):
+    ports = {"upstream": free_port(), "relay": free_port()}
+    upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(ports["upstream"])],
+                                stdout=log, stderr=subprocess.STDOUT)
+    env = {**os.environ, "UPSTREAM_BASE_URL": f"http://127.0.0.1:{ports['upstream']}/v1",
+           "UPSTREAM_MODEL": "bench", "UPSTREAM_TIMEOUT": "60", "WEB_CONCURRENCY": "1"}
+    env.pop("UPSTREAM_API_KEY", None)
+    relay = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+                              "--bind", f"127.0.0.1:{ports['relay']}"], cwd=ROOT, env=env,
+                             stdout=log, stderr=subprocess.STDOUT)
+    wait_for(ports["upstream"])
+    wait_for(ports["relay"])
+    time.sleep(1)  # let the worker finish booting
+    return ports, {"upstream": upstream, "relay": relay}
+
+
+def show(title, rows):
+    print(f"\n{title}")
+    columns = ["path", "completed", "ramp s", "events", "events/s", "p50", "p99", "max",
+               "cli CPU", "relay CPU", "upstream CPU"]
+    print("  ".join(f"{c:>12}" for c in columns))
+    for row in rows:
+        print("  ".join(f"{row.get(c, ''):>12.2f}" if isinstance(row.get(c), float) else f"{str(row.get(c, '')):>12}"
+                        for c in columns))
+        for error in row.get("errors", []):
+            print(f"    error: {error}")
+    if len(rows) == 2:
+        print(f"{'added':>12}  {'':>12}  {'':>12}  {'':>12}  {'':>12}  "
+              + "  ".join(f"{rows[1][c] - rows[0][c]:>+12.2f}" for c in ("p50", "p99", "max")))
+
+
+async def run(args, ports, pids):
+    for path in ("direct", "relay"):  # warm up both paths before measuring
+        await scenario(ports, pids, path, {"rate": 100, "events": 20}, streams=2)
+    report = {}
+    if args.paced and args.paced[1]:
+        rate, count = args.paced
+        plan = {"rate": rate, "events": int(count)}
+        report["paced"] = [await scenario(ports, pids, path, plan) for path in ("direct", "relay")]
+        show(f"paced: one stream, {rate:g} events/s, {int(count)} events (lateness in ms)", report["paced"])
+    if args.burst:
+        plan = {"rate": 0, "events": args.burst, "batch": 100}
+        report["burst"] = [await scenario(ports, pids, path, plan, keep_stamps=False)
+                           for path in ("direct", "relay")]
+        show(f"burst: one stream, {args.burst} events as fast as they go (events/s)", report["burst"])
+    if args.streams:
+        plan = {"rate": args.rate, "events": int(args.rate * args.duration)}
+        report["concurrent"] = [await scenario(ports, pids, path, plan, streams=args.streams)
+                                for path in ("direct", "relay")]
+        show(f"concurrent: {args.streams} streams x {args.rate:g} events/s x {args.duration:g} s",
+             report["concurrent"])
+    return report
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--paced", nargs=2, type=float, metavar=("RATE", "N"), default=[200, 1000])
+    parser.add_argument("--burst", type=int, default=200_000, metavar="N")
+    parser.add_argument("--streams", type=int, default=1000, help="0 skips the concurrent scenario")
+    parser.add_argument("--rate", type=float, default=20)
+    parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_upstream:
+        return asyncio.run(serve_upstream(args.serve_upstream))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-relay-{os.getpid()}.log"
+    with open(log_path, "wb") as log:
+        ports, processes = start_servers(log)
+        try:
+            pids = {name: process.pid for name, process in processes.items()}
+            report = asyncio.run(run(args, ports, pids))
+        finally:
+            for process in processes.values():
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=15)
+    print(f"\n(server logs: {log_path})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""The two LLM streaming dialects the kit speaks, each written and read.
+
+OpenAI chat completions (also DeepSeek, Ollama, vLLM…): one `data:` event per
+token carrying only the new text, in `choices[0].delta.content`; a
+`finish_reason`; a usage chunk if asked for; then `data: [DONE]`.
+Alibaba DashScope: `id:n` / `event:result` events whose `output.text` is the
+*whole* answer so far, `finish_reason` the string "null" until the last one.
+The fake LLM (demo 4) writes them; the relay (demo 3) reads them into the kit's
+own events: `data: {"content": …}`, then `event: usage`, then `event: done`.
+"""
+import json
+import time
+import uuid
+
+from demos import sse
+
+PATHS = {"openai": "/chat/completions", "dashscope": "/services/aigc/text-generation/generation"}
+DONE = sse.format_event("[DONE]", event="done")
+
+
+def request_for(dialect, model, messages):
+    """Extra headers and the JSON body that ask each dialect for a stream."""
+    if dialect == "openai":
+        return {}, {"model": model, "messages": messages, "stream": True,
+                    "stream_options": {"include_usage": True}}
+    # incremental_output false: every event carries the whole text (what we undo below)
+    return {"X-DashScope-SSE": "enable"}, {"model": model, "input": {"messages": messages},
+                                           "parameters": {"incremental_output": False}}
+
+
+# --- writing: the fake LLM's side ---------------------------------------------------------
+
+def compact(value):
+    """JSON as the providers send it: no spaces, non-ASCII as raw UTF-8."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def openai_stream(pieces, finish, model, usage, delay):
+    """OpenAI's wire: a role chunk at once, a chunk per token, the finish, usage, [DONE]."""
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": model}
+    tail = {"usage": None} if usage else {}  # with include_usage every chunk has the key
+
+    def chunk(delta, finish_reason=None):
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return f"data: {compact({**head, 'choices': [choice], **tail})}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    for piece in pieces:
+        time.sleep(delay)
+        yield chunk({"content": piece})
+    yield chunk({}, finish)
+    if usage:
+        yield f"data: {compact({**head, 'choices': [], 'usage': usage})}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def dashscope_stream(pieces, finish, usage, delay):
+    """DashScope's wire: no space after the colons, and the whole text so far each time."""
+    request_id, text = str(uuid.uuid4()), ""
+    for n, piece in enumerate(pieces, 1):
+        if n > 1:
+            time.sleep(delay)
+        text += piece
+        output = {"finish_reason": finish if n == len(pieces) else "null", "text": text}
+        data = compact({"output": output, "usage": dashscope_usage(usage["prompt_tokens"], n),
+                        "request_id": request_id})
+        yield f"id:{n}\nevent:result\n:HTTP_STATUS/200\ndata:{data}\n\n"
+
+
+def dashscope_usage(prompt_tokens, completion_tokens):
+    return {"input_tokens": prompt_tokens, "output_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def answer(dialect, pieces, finish, model, usage):
+    """The whole answer as one JSON object, when no stream was asked for."""
+    if dialect == "dashscope":
+        return {"output": {"finish_reason": finish, "text": "".join(pieces)}, "request_id": str(uuid.uuid4()),
+                "usage": dashscope_usage(usage["prompt_tokens"], usage["completion_tokens"])}
+    message = {"role": "assistant", "content": "".join(pieces)}
+    return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
+            "created": int(time.time()), "model": model, "usage": usage,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]}
+
+
+ERROR_CODES = {  # status: (OpenAI's type and code, DashScope's code)
+    401: ("invalid_request_error", "invalid_api_key", "InvalidApiKey"),
+    429: ("requests", "rate_limit_exceeded", "Throttling"),
+    500: ("server_error", None, "InternalError"),
+}
+
+
+def error_body(dialect, status, message):
+    """An HTTP error's body, in each provider's own shape."""
+    kind, code, dashscope_code = ERROR_CODES[status]
+    if dialect == "dashscope":
+        return {"code": dashscope_code, "message": message, "request_id": str(uuid.uuid4())}
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def error_event(dialect, message):
+    """A failure reported inside a stream that had already begun."""
+    if dialect == "dashscope":
+        return f"id:0\nevent:error\n:HTTP_STATUS/500\ndata:{compact(error_body(dialect, 500, message))}\n\n"
+    return f"data: {compact(error_body(dialect, 500, message))}\n\n"
+
+
+# --- reading: the relay's side ------------------------------------------------------------
+
+class UpstreamError(Exception):
+    """The upstream said, mid-stream, that something went wrong."""
+
+
+def error_message(body):
+    """The provider's own words: OpenAI's {"error": {"message"}}, DashScope's {"message"}."""
+    try:
+        body = json.loads(body)
+    except ValueError:
+        return "no details"
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
+    if not message and isinstance(body, dict):
+        message = body.get("message")
+    return str(message or "no details")[:300]
+
+
+def content(text):
+    return sse.format_event(json.dumps({"content": text}, ensure_ascii=False))
+
+
+def ending(prompt_tokens, completion_tokens):
+    """The usage, when the upstream told us, then done."""
+    if prompt_tokens is not None and completion_tokens is not None:
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
+        yield sse.format_event(json.dumps(usage), event="usage")
+    yield DONE
+
+
+def from_openai(events):
+    """OpenAI chunks → our frames: each delta's content, the usage, done."""
+    usage, finish = {}, None
+    for event in events:
+        if event.data == "[DONE]":
+            break
+        chunk = json.loads(event.data)
+        if chunk.get("error"):
+            raise UpstreamError(f"the upstream failed: {error_message(event.data)}")
+        for choice in chunk.get("choices") or ():
+            if text := choice["delta"].get("content"):
+                yield content(text)
+            finish = choice.get("finish_reason") or finish
+        usage = chunk.get("usage") or usage
+    else:
+        if not finish:  # no [DONE] and no finish_reason: the answer was cut short
+            raise UpstreamError("the upstream ended the stream before the answer was complete")
+    yield from ending(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+
+
+def from_dashscope(events):
+    """DashScope results → our frames: every event repeats the whole text so far,
+    so we send only what is new; then the usage, done."""
+    sent, usage = "", {}
+    for event in events:
+        result = json.loads(event.data)
+        if event.event == "error" or "output" not in result:
+            raise UpstreamError(f"the upstream failed: {error_message(event.data)}")
+        text = result["output"].get("text") or ""
+        if not text.startswith(sent):
+            raise UpstreamError("the upstream's text stopped growing from the text so far")
+        if len(text) > len(sent):
+            yield content(text[len(sent):])
+            sent = text
+        usage = result.get("usage") or usage
+        if result["output"].get("finish_reason") not in (None, "null"):
+            break
+    else:
+        raise UpstreamError("the upstream ended the stream before the answer was complete")
+    yield from ending(usage.get("input_tokens"), usage.get("output_tokens"))
+
+
+READERS = {"openai": from_openai, "dashscope": from_dashscope}
