@@ -99,9 +99,9 @@ def test_history_is_bounded():
     ticker = Ticker(rate_hz=1, history=3)
     for n in range(5):
         ticker.publish(f"m{n}")
-    assert [m.id for m in ticker.after(0)] == [3, 4, 5]
-    assert [m.id for m in ticker.after(4)] == [5]
-    assert ticker.after(5) == []
+    assert [m.id for m in ticker.after(0)[1]] == [3, 4, 5]
+    assert [m.id for m in ticker.after(4)[1]] == [5]
+    assert ticker.after(5) == (5, [])
 
 
 def test_long_poll_answers_as_soon_as_a_message_is_published(app):
@@ -175,7 +175,7 @@ def test_quiet_sse_stream_sends_pings():
 def test_one_publish_wakes_every_waiting_listener():
     # The fan-out: listeners parked on the one shared bell, here as real threads.
     ticker, woken = Ticker(rate_hz=1), []
-    listeners = [threading.Thread(target=lambda: woken.append(ticker.wait(0, timeout=5)))
+    listeners = [threading.Thread(target=lambda: woken.append(ticker.wait(0, timeout=5)[1]))
                  for _ in range(20)]
     for listener in listeners:
         listener.start()
@@ -202,7 +202,7 @@ def test_stats_count_requests_and_bytes_per_lane(app, client):
     poll_body = len(bodies[0]) + len(bodies[1])
     assert poll_body + 2 * 150 < lanes["poll"]["bytes"] < poll_body + 2 * 300
     assert len(bodies[2]) + 150 < lanes["long-poll"]["bytes"] < len(bodies[2]) + 300
-    assert lanes["sse"]["bytes"] > 200 + len(ticker_of(app).after(0)[0].frame)
+    assert lanes["sse"]["bytes"] > 200 + len(ticker_of(app).after(0)[1][0].frame)
     assert stats["streams"] == 0 and stats["last_id"] == 1 and stats["rate_hz"] == 0.01
 
 
