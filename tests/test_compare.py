@@ -1,7 +1,6 @@
 """Demo 5: one ticker heard by short polling, long polling and SSE, and their cost."""
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -15,9 +14,10 @@ import requests
 from bench import compare as bench
 from demos import compare
 from demos.ticker import Ticker
-from tests.conftest import ROOT, LiveServer, free_port, live_events, read_events, wait_until
+from tests.conftest import ROOT, LiveServer, live_events, read_events, wait_until
 
 QUIET = {"TESTING": True, "COMPARE_RATE_HZ": 0.01}  # the ticker stays silent: tests publish
+FAST = {"COMPARE_RATE_HZ": "20"}  # the environment of a server the live tests start
 
 
 @pytest.fixture
@@ -294,40 +294,10 @@ def test_live_departed_client_is_released_by_the_next_tick(server):
     assert wait_until(lambda: requests.get(stats).json()["streams"] == 0, timeout=2)
 
 
-@pytest.fixture
-def run_alone(tmp_path):
-    """Start the demo alone with a command of ours; return its base URL."""
-    processes = []
-
-    def run(command, port, path=""):
-        env = {**os.environ, "COMPARE_RATE_HZ": "20"}
-        with open(tmp_path / "server.log", "ab") as log:
-            processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
-                                              stderr=subprocess.STDOUT))
-        url = f"http://127.0.0.1:{port}{path}"
-        assert wait_until(lambda: _answers(url + "/time"), timeout=15, step=0.1), (
-            (tmp_path / "server.log").read_text())
-        return url
-
-    yield run
-    for process in processes:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def _answers(url):
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.ConnectionError:
-        return False
-
-
 @pytest.mark.live
 def test_live_lanes_under_flask_run_with_threads(run_alone):
     # `flask --app demos.compare run`: real threads, HTTP/1.0, no gevent anywhere.
-    port = free_port()
-    url = run_alone([sys.executable, "-m", "flask", "--app", "demos.compare", "run",
-                     "--port", str(port)], port)
+    url = run_alone("flask", "--app", "demos.compare", "run", ready="/time", env=FAST)
     result = bench.run(url, argparse.Namespace(clients=2, interval=0.1, timeout=5.0, duration=1.5))
     assert result["errors"] == []
     assert all(row["delivered"] >= 2 * 10 and row["gaps"] == 0 for row in result["rows"].values())
@@ -339,8 +309,7 @@ def test_serve_answers_without_the_nagle_delay(run_alone):
     on, the body waited for the client's delayed ACK: every long poll took 40 ms
     longer under `python -m demos serve` than under gunicorn. A small answer on a
     kept-alive connection now takes a millisecond or two, not 40."""
-    port = free_port()
-    url = run_alone([sys.executable, "-m", "demos", "serve", "compare", "--port", str(port)], port)
+    url = run_alone("demos", "serve", "compare", ready="/time", env=FAST)
     with requests.Session() as session:
         times = []
         for _ in range(20):
