@@ -11,8 +11,8 @@ Under gunicorn's gevent worker (and `python -m demos serve`) threading is
 monkey-patched, so the bell is gevent's Event; under `flask run` and the Flask
 test client it is the real one. Same code either way.
 
-Fanout adds what demo 6 needs on top: a Board per channel and stream(), one
-subscriber's frames with its own heartbeat.
+Fanout adds what demo 6 needs on top: a Board per channel, stream() (one
+subscriber's frames) and a ringer for the pings.
 """
 import collections
 import itertools
@@ -99,9 +99,10 @@ def notice_frame(state, detail):
 class Fanout:
     """This worker's subscribers, by channel: a Board each while anyone listens."""
 
-    def __init__(self):
+    def __init__(self, heartbeat=15.0):
         self._boards, self._subscribers, self._lock = {}, collections.Counter(), threading.Lock()
         self.changes = 0  # bumped when a subscriber comes or goes (RedisBroker reports counts)
+        self.heartbeat, self._ringer = heartbeat, None  # the ringer's pid while it runs
 
     def deliver(self, channel, frame):
         board = self._boards.get(channel)
@@ -126,13 +127,18 @@ class Fanout:
             board = self._boards.get(channel) or self._boards.setdefault(channel, Board())
             self._subscribers[channel] += 1
             self.changes += 1
+            if self._ringer != os.getpid():  # not running in this process (or fork) yet
+                self._ringer = os.getpid()
+                threading.Thread(target=self._ring, name="fanout-ringer", daemon=True).start()
+        # The ringer wakes everyone every self.heartbeat seconds. Only a subscriber
+        # that wants pings more often needs a timer on each wait, which nearly
+        # doubles the cost of a wake-up (bench/wakeups.py: board vs board+t).
+        timeout = heartbeat if heartbeat < self.heartbeat else None
         try:
             seen = board.seq
             yield b"".join(first)
             while True:
-                # Each subscriber has its own heartbeat, so no one ringer fits them
-                # all: the wait's timeout is the heartbeat (bench/wakeups.py: +t).
-                n, frames = board.wait(seen, heartbeat)
+                n, frames = board.wait(seen, timeout)
                 if lost := n - seen - len(frames):
                     yield notice_frame("missed", f"this stream fell {lost} messages behind")
                 seen = n
@@ -143,3 +149,16 @@ class Fanout:
                 self.changes += 1
                 if not self._subscribers[channel]:
                     del self._boards[channel], self._subscribers[channel]
+
+    def _ring(self):
+        """Ring every board each `heartbeat` seconds, so its subscribers send a ping
+        (one that just had a message pings too: harmless); stop with the last one."""
+        while True:
+            time.sleep(self.heartbeat)
+            with self._lock:
+                if not self._boards:
+                    self._ringer = None
+                    return
+                boards = list(self._boards.values())
+            for board in boards:
+                board.ring()
