@@ -61,7 +61,7 @@ class Ticker(Board):
 
     def publish(self, text):
         """Post the next message; its id is its number on the board."""
-        with self._lock:
+        with self._lock:  # re-entrant: the number is taken and posted in one go
             n = self.seq + 1
             data = {"id": n, "ts": round(time.time(), 6), "text": text}
             message = Message(n, data, sse.format_event(json.dumps(data), id=n).encode())
