@@ -7,14 +7,16 @@ Usage:
 N greenlets each wait for "a message newer than the one I saw", then count
 themselves and wait again; a publisher announces a new message and we time
 until the last of them has woken. Printed per way of waiting: the median and the
-worst of --ticks announcements, in ms; each measure runs in a fresh process. This is why demos/ticker.py parks its
-listeners on one shared Event that it swaps per message, and sends heartbeats
-from the ticker rather than with a timeout on every wait.
+worst of --ticks announcements, in ms; each measure runs in a fresh process.
+The first two ways are demos/fanout.py's Board itself, the core both fan-out
+demos use; the others are what it was chosen over.
 
+    board       Board.wait(seen): one shared Event, the bell, swapped per post
+                (demo 5: its ticker rings the bell when quiet, for the pings)
+    board+t     Board.wait(seen, 15): the same with a heartbeat timeout, so a
+                timer per wait (demo 6: each subscriber has its own heartbeat)
     waiters     a list of gevent Waiters, one hub callback each (gevent only)
-    waiters+t   the same, each wait with a raw hub timer (demos/fanout.py's way)
-    event       one shared threading.Event, swapped for a new one per message
-    event+t     the same, each wait with a 15 s timeout (a timer per wait)
+    waiters+t   the same, each wait with a raw hub timer
     lock        a threading.Lock per waiter, released by the publisher
     condition   threading.Condition: wait_for() and notify_all()
 """
@@ -27,9 +29,35 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 from gevent.hub import Waiter, get_hub  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # finds demos/ from anywhere
+from demos.fanout import Board  # noqa: E402
+
+
+class Core:
+    """demos/fanout.py's Board, waited on as demo 5's streams do: no timeout."""
+    timeout = None
+
+    def __init__(self):
+        self.board = Board()
+
+    def wait(self, seen):
+        while True:
+            seen, items = self.board.wait(seen, self.timeout)
+            if items:
+                return seen
+
+    def publish(self):
+        self.board.post(b"data: the frame, encoded once\n\n")
+
+
+class CoreWithTimeout(Core):
+    """As demo 6's subscribers wait: the heartbeat is the wait's timeout."""
+    timeout = 15.0
 
 
 class Waiters:
@@ -51,7 +79,7 @@ class Waiters:
 
 
 class WaitersWithTimer(Waiters):
-    """As demos/fanout.py does it: a raw hub timer per wait, for the heartbeat."""
+    """A raw hub timer per wait, for the heartbeat (cheaper than a gevent Timeout)."""
 
     def wait(self, seen):
         while self.last_id <= seen:
@@ -64,27 +92,6 @@ class WaitersWithTimer(Waiters):
             finally:
                 timer.close()
         return self.last_id
-
-
-class SharedEvent:
-    timeout = None
-
-    def __init__(self):
-        self.bell, self.last_id = threading.Event(), 0
-
-    def wait(self, seen):
-        while self.last_id <= seen:
-            self.bell.wait(self.timeout)
-        return self.last_id
-
-    def publish(self):
-        self.last_id += 1
-        bell, self.bell = self.bell, threading.Event()
-        bell.set()
-
-
-class SharedEventWithTimeout(SharedEvent):
-    timeout = 15.0
 
 
 class LockPerWaiter:
@@ -123,8 +130,8 @@ class Condition:
             self.condition.notify_all()
 
 
-WAYS = {"waiters": Waiters, "waiters+t": WaitersWithTimer,
-        "event": SharedEvent, "event+t": SharedEventWithTimeout,
+WAYS = {"board": Core, "board+t": CoreWithTimeout,
+        "waiters": Waiters, "waiters+t": WaitersWithTimer,
         "lock": LockPerWaiter, "condition": Condition}
 
 

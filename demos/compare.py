@@ -59,14 +59,14 @@ def create_app(test_config=None):
     def poll():
         """Short polling: answer at once with whatever is newer than `since`."""
         since = since_arg(ticker, "since")
-        return messages_json(ticker.after(since), since)
+        return messages_json(*ticker.after(since))
 
     @app.get("/long-poll")
     def long_poll():
         """Long polling: hold the request until something newer than `since` exists."""
         since = since_arg(ticker, "since")
         timeout = web.number_arg("timeout", 20.0, 0, 30)
-        return messages_json(wait_for_news(ticker, since, timeout), since)
+        return messages_json(*wait_for_news(ticker, since, timeout))
 
     @app.get("/sse")
     def stream():
@@ -86,7 +86,7 @@ def create_app(test_config=None):
     @app.get("/stats")
     def counters():
         """Requests and bytes served per lane since the server started."""
-        return jsonify(rate_hz=ticker.rate_hz, last_id=ticker.last_id,
+        return jsonify(rate_hz=ticker.rate_hz, last_id=ticker.seq,
                        streams=stats.streams, lanes=stats.lanes)
 
     return app
@@ -98,12 +98,11 @@ def since_arg(ticker, name, value=None):
     such a client gets everything still in the history."""
     since = web.number_arg(name, None, 0, MAX_ID, int, value=value)
     if since is None:
-        return ticker.last_id
-    return since if since <= ticker.last_id else 0
+        return ticker.seq
+    return since if since <= ticker.seq else 0
 
 
-def messages_json(messages, since):
-    last_id = messages[-1].id if messages else since
+def messages_json(last_id, messages):
     response = jsonify(messages=[m.data for m in messages], last_id=last_id)
     response.headers["Cache-Control"] = "no-store"  # a cached answer would hide news
     return response
@@ -112,10 +111,10 @@ def messages_json(messages, since):
 def wait_for_news(ticker, since, timeout):
     """The long poll: parked until a publish wakes us, or empty-handed at `timeout`."""
     deadline = time.monotonic() + timeout
-    news = ticker.after(since)
+    last_id, news = ticker.after(since)
     while not news and (left := deadline - time.monotonic()) > 0:
-        news = ticker.wait(since, left)
-    return news
+        last_id, news = ticker.wait(since, left)
+    return last_id, news
 
 
 def frames(ticker, since, stats):
@@ -127,9 +126,7 @@ def frames(ticker, since, stats):
         while True:
             stats.add("sse", 0, len(chunk) + CHUNK_FRAMING)
             yield chunk
-            news = ticker.wait(since)  # parked until the next publish or heartbeat
-            if news:
-                since = news[-1].id
+            since, news = ticker.wait(since)  # parked until the next publish or heartbeat
             chunk = b"".join(message.frame for message in news) if news else PING
     finally:  # the server closes us when a write to a departed client fails
         stats.streams -= 1

@@ -1,11 +1,20 @@
-"""Fan-out inside one worker: one frame posted, every subscriber of a channel woken.
+"""Fan-out inside one worker: one post, every parked subscriber woken, one encoding.
 
-Fanout keeps a Board per channel: the frames lately posted (bytes, encoded once
-per message, not once per subscriber) and the subscribers parked until the next
-one. The brokers (demos/brokers.py) decide where a frame comes from.
+Board is the core both demos share: items numbered 1, 2, 3… (the number is a
+generation counter), the last `history` of them kept for subscribers that fell
+behind, and one shared `threading.Event`, "the bell", swapped for a new one and
+set on every post. A subscriber remembers only the number it has seen and parks
+on the bell until that number moves. An item is whatever the publisher encoded
+once for everyone: demo 5's ticker posts Messages, demo 6's brokers SSE frames.
+
+Under gunicorn's gevent worker (and `python -m demos serve`) threading is
+monkey-patched, so the bell is gevent's Event; under `flask run` and the Flask
+test client it is the real one. Same code either way.
+
+Fanout adds what demo 6 needs on top: a Board per channel, stream() (one
+subscriber's frames) and a ringer for the pings.
 """
 import collections
-import contextlib
 import itertools
 import json
 import os
@@ -14,15 +23,66 @@ import time
 
 from demos import sse
 
-try:  # gevent is a runtime requirement, but `flask run` works without it
-    from gevent import get_hub, monkey
-    from gevent.hub import Waiter
-except ImportError:
-    monkey = None
-
-BACKLOG = 256  # frames a board keeps for a subscriber that fell behind
+BACKLOG = 256  # frames a channel keeps for a subscriber that fell behind
 PING = sse.PING.encode()
 
+
+class Board:
+    """Items numbered 1, 2, 3…, the last `history` of them kept, and one bell
+    that rings for the next."""
+
+    def __init__(self, history=BACKLOG):
+        self.latest = (0, None)  # (number, item): replaced in one go, read without a lock
+        self.recent = collections.deque(maxlen=history)
+        self._bell = threading.Event()
+        self._lock = threading.RLock()  # one poster at a time; readers mostly skip it
+
+    @property
+    def seq(self):
+        """How many items were ever posted: the number of the latest one."""
+        return self.latest[0]
+
+    def post(self, item):
+        """Add an item and wake every parked subscriber; return its number."""
+        with self._lock:
+            n = self.seq + 1
+            self.recent.append(item)
+            self.latest = (n, item)
+            self._ring()
+        return n
+
+    def ring(self):
+        """Wake every parked subscriber with nothing new: a heartbeat."""
+        with self._lock:
+            self._ring()
+
+    def _ring(self):
+        # New waiters take the new bell; everyone parked on the old one wakes up.
+        bell, self._bell = self._bell, threading.Event()
+        bell.set()
+
+    def after(self, seen):
+        """(the number now seen, the items after number `seen` still kept, oldest
+        first). Fewer items than numbers means the oldest were dropped."""
+        n, item = self.latest
+        if n <= seen:
+            return seen, []
+        if n == seen + 1:
+            return n, [item]  # a subscriber keeping up: no lock, no copy
+        with self._lock:
+            n, kept = self.seq, min(self.seq - seen, len(self.recent))
+            return n, list(itertools.islice(self.recent, len(self.recent) - kept, None))
+
+    def wait(self, seen, timeout=None):
+        """Park until something newer than `seen` is posted, the bell rings or
+        `timeout` passes; then the same as after()."""
+        bell = self._bell  # taken before looking: a post after this rings it
+        if self.seq <= seen:
+            bell.wait(timeout)
+        return self.after(seen)
+
+
+# --- demo 6: a board per channel ----------------------------------------------------
 
 def message_frame(id, message, ts):
     """The event every subscriber of this worker gets: encoded once, as bytes."""
@@ -36,104 +96,13 @@ def notice_frame(state, detail):
     return sse.format_event(json.dumps(data), event="notice").encode()
 
 
-# --- parking a subscriber until the next frame -------------------------------------
-# Measured with 10,000 parked greenlets (gevent 26, 2 cores), waking them all once:
-# notify_all() on a threading.Condition ~210 ms, a gevent.event.Event ~85 ms, a list
-# of gevent Waiters switched to from one hub callback ~45 ms. So greenlets get
-# Waiters, and threads (flask run, the test client) get a threading.Event each:
-# same interface, chosen once per process.
-
-class ThreadWaiter:
-    """Threads (flask run, the test client): an Event each, set by the publisher."""
-    lock = threading.Lock
-
-    def __init__(self):
-        self._event = threading.Event()
-
-    def wait(self, timeout):
-        self._event.wait(timeout)
-
-    @staticmethod
-    def wake(waiters):
-        for waiter in waiters:
-            waiter._event.set()
-
-
-class GreenletWaiter:
-    """Greenlets (gunicorn's gevent worker): a gevent Waiter, switched to from the hub."""
-    # A greenlet switches only where it blocks, never inside the board's few lines
-    # under the lock: no lock needed, and none taken 10,000 times a message.
-    lock = contextlib.nullcontext
-
-    def __init__(self):
-        self._waiter = Waiter()
-
-    def wait(self, timeout):
-        timer = get_hub().loop.timer(timeout)
-        timer.start(self._waiter.switch, None)
-        try:
-            self._waiter.get()
-        finally:
-            timer.close()
-
-    @staticmethod
-    def wake(waiters):
-        # A Waiter may only be switched to from the hub: one callback wakes them all.
-        get_hub().loop.run_callback(_switch_all, list(waiters))
-
-
-def _switch_all(waiters):
-    for waiter in waiters:
-        waiter._waiter.switch(None)  # runs that subscriber until it parks again
-
-
-def waiter_class():
-    patched = monkey is not None and monkey.is_module_patched("threading")
-    return GreenletWaiter if patched else ThreadWaiter
-
-
-class Board:
-    """One channel in this worker: frames numbered 1, 2, 3… and who waits for the next."""
-
-    def __init__(self, waiter):
-        self.seq = 0  # how many frames were ever posted: a generation counter
-        self.recent = collections.deque(maxlen=BACKLOG)
-        self.subscribers = 0
-        self._waiter, self._parked = waiter, {}  # dict: O(1) removal on timeout
-        self._lock = waiter.lock()
-
-    def post(self, frame):
-        with self._lock:
-            self.seq += 1
-            self.recent.append(frame)
-            parked, self._parked = self._parked, {}
-        self._waiter.wake(parked)
-
-    def after(self, seen, timeout):
-        """(frames posted after number `seen`, how many of them are lost, the new
-        number), waiting up to `timeout` seconds when there is nothing new yet."""
-        with self._lock:
-            waiter = None if self.seq != seen else self._waiter()
-            if waiter:
-                self._parked[waiter] = None
-        if waiter:
-            waiter.wait(timeout)
-        with self._lock:
-            self._parked.pop(waiter, None)
-            behind = self.seq - seen
-            if behind == 1:
-                return [self.recent[-1]], 0, self.seq  # the hot path: the frame just posted
-            kept = min(behind, len(self.recent))
-            frames = list(itertools.islice(self.recent, len(self.recent) - kept, None))
-            return frames, behind - kept, self.seq
-
-
 class Fanout:
-    """This worker's subscribers, by channel."""
+    """This worker's subscribers, by channel: a Board each while anyone listens."""
 
-    def __init__(self):
-        self._boards, self._lock, self._waiter = {}, threading.Lock(), waiter_class()
+    def __init__(self, heartbeat=15.0):
+        self._boards, self._subscribers, self._lock = {}, collections.Counter(), threading.Lock()
         self.changes = 0  # bumped when a subscriber comes or goes (RedisBroker reports counts)
+        self.heartbeat, self._ringer = heartbeat, None  # the ringer's pid while it runs
 
     def deliver(self, channel, frame):
         board = self._boards.get(channel)
@@ -145,31 +114,51 @@ class Fanout:
             board.post(frame)
 
     def count(self, channel):
-        board = self._boards.get(channel)
-        return board.subscribers if board else 0
+        return self._subscribers[channel]
 
     def counts(self):
-        return {channel: board.subscribers for channel, board in list(self._boards.items())}
+        return dict(list(self._subscribers.items()))
 
     def stream(self, channel, heartbeat, first=()):
         """One subscriber's frames. It joins on the first next() and yields `first`
         at once, so a client that got its first bytes misses nothing after them;
         it leaves when the server closes the iterator (a failed write)."""
         with self._lock:
-            board = self._boards.get(channel) or self._boards.setdefault(channel, Board(self._waiter))
-            board.subscribers += 1
+            board = self._boards.get(channel) or self._boards.setdefault(channel, Board())
+            self._subscribers[channel] += 1
             self.changes += 1
+            if self._ringer != os.getpid():  # not running in this process (or fork) yet
+                self._ringer = os.getpid()
+                threading.Thread(target=self._ring, name="fanout-ringer", daemon=True).start()
+        # The ringer wakes everyone every self.heartbeat seconds. Only a subscriber
+        # that wants pings more often needs a timer on each wait, which nearly
+        # doubles the cost of a wake-up (bench/wakeups.py: board vs board+t).
+        timeout = heartbeat if heartbeat < self.heartbeat else None
         try:
             seen = board.seq
             yield b"".join(first)
             while True:
-                frames, lost, seen = board.after(seen, heartbeat)
-                if lost:
+                n, frames = board.wait(seen, timeout)
+                if lost := n - seen - len(frames):
                     yield notice_frame("missed", f"this stream fell {lost} messages behind")
+                seen = n
                 yield b"".join(frames) if frames else PING  # silence: the ping finds a gone client
         finally:
             with self._lock:
-                board.subscribers -= 1
+                self._subscribers[channel] -= 1
                 self.changes += 1
-                if not board.subscribers:
-                    del self._boards[channel]
+                if not self._subscribers[channel]:
+                    del self._boards[channel], self._subscribers[channel]
+
+    def _ring(self):
+        """Ring every board each `heartbeat` seconds, so its subscribers send a ping
+        (one that just had a message pings too: harmless); stop with the last one."""
+        while True:
+            time.sleep(self.heartbeat)
+            with self._lock:
+                if not self._boards:
+                    self._ringer = None
+                    return
+                boards = list(self._boards.values())
+            for board in boards:
+                board.ring()

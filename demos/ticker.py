@@ -1,21 +1,11 @@
-"""One publisher per worker process and thousands of cheap listeners (demo 5's ticker).
+"""Demo 5's publisher: a Board (demos/fanout.py) with a thread that posts to it.
 
-A tick encodes its message once, as the bytes of its SSE frame, and wakes every
-listener in one pass. Listeners park on one shared `threading.Event`, "the bell":
-each publish swaps in a new bell and rings the old one, so the message id works as
-a generation counter and nobody needs a queue of their own. (The "announcer"
-pattern, a queue per listener filled by a loop, measured 760 ms p99 at 10,000
-streams.) The ticker also rings when it has been quiet for `heartbeat` seconds, so
-streams can send their `: ping` without a timer each: a timer per wait made a
-wake-up up to 80 % dearer in our measurements (bench/wakeups.py).
-
-Under gunicorn's gevent worker (and `python -m demos serve`) threading is
-monkey-patched: the ticker thread is a greenlet and the bell is gevent's Event.
-Under `flask run` and the Flask test client both are the real thing. The code is
-the same; create the Ticker after patching (demos are imported after it).
+Each tick posts a Message: its JSON data for the polling lanes and its SSE frame
+for the streams, both made once for every client. Every stream of this demo has
+the same heartbeat, so the ticker rings the bell itself when it has been quiet
+that long, and a stream's wait needs no timer of its own (bench/wakeups.py).
+Under gevent's patching the thread is a greenlet; create the Ticker after it.
 """
-import collections
-import itertools
 import json
 import random
 import threading
@@ -23,6 +13,7 @@ import time
 from typing import NamedTuple
 
 from demos import sse
+from demos.fanout import Board
 
 
 class Message(NamedTuple):
@@ -31,19 +22,14 @@ class Message(NamedTuple):
     frame: bytes  # the same message as an SSE frame, encoded once for every stream
 
 
-class Ticker:
-    """Publishes a message about `rate_hz` times a second (with jitter) and keeps
-    the last `history` of them for clients that ask for what they missed."""
+class Ticker(Board):
+    """Posts a message about `rate_hz` times a second (with jitter), rings when
+    quiet for `heartbeat` seconds, and keeps the last `history` messages."""
 
     def __init__(self, rate_hz, heartbeat=15.0, history=1000):
+        super().__init__(history)
         self.rate_hz, self.heartbeat = rate_hz, heartbeat
-        self.last_id = 0
-        self._history = collections.deque(maxlen=history)
-        self._latest = None
-        self._lock = threading.Lock()  # one writer at a time; readers mostly skip it
-        self._bell = threading.Event()
-        self._stopping = threading.Event()
-        self._thread = None
+        self._stopping, self._thread = threading.Event(), None
 
     def start(self):
         """Start publishing, once: the first request does it, not the import."""
@@ -64,47 +50,20 @@ class Ticker:
         due = time.monotonic() + self._pause()
         while not self._stopping.wait(max(0.0, min(due - time.monotonic(), self.heartbeat))):
             if time.monotonic() >= due:
-                self.publish(f"tick {self.last_id + 1}")
+                self.publish(f"tick {self.seq + 1}")
                 due = time.monotonic() + self._pause()
             else:  # quiet for a heartbeat: wake the streams so they send a ping
-                with self._lock:
-                    self._ring()
+                self.ring()
 
     def _pause(self):
         # Jitter, so a client polling at the same rate does not lock in step with us.
         return random.uniform(0.5, 1.5) / self.rate_hz
 
     def publish(self, text):
-        """Add a message and wake every listener. The frame is encoded here, once."""
-        with self._lock:
-            n = self.last_id + 1
+        """Post the next message; its id is its number on the board."""
+        with self._lock:  # re-entrant: the number is taken and posted in one go
+            n = self.seq + 1
             data = {"id": n, "ts": round(time.time(), 6), "text": text}
             message = Message(n, data, sse.format_event(json.dumps(data), id=n).encode())
-            self._history.append(message)
-            self._latest, self.last_id = message, n
-            self._ring()
+            self.post(message)
         return message
-
-    def _ring(self):
-        # New waiters take the new bell; everyone parked on the old one wakes up.
-        bell, self._bell = self._bell, threading.Event()
-        bell.set()
-
-    def after(self, since):
-        """The messages newer than id `since` still in the history, oldest first."""
-        latest = self._latest
-        if latest is None or latest.id <= since:
-            return []
-        if latest.id == since + 1:
-            return [latest]  # a listener keeping up: no lock, no copy
-        with self._lock:
-            skip = max(0, since + 1 - self._history[0].id)
-            return list(itertools.islice(self._history, skip, None))
-
-    def wait(self, since, timeout=None):
-        """Park until there is a message newer than `since`, the heartbeat rings or
-        `timeout` passes; return the new messages (none after a heartbeat)."""
-        bell = self._bell  # taken before looking: a publish after this rings it
-        if self.last_id <= since:
-            bell.wait(timeout)
-        return self.after(since)

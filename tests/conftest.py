@@ -159,6 +159,42 @@ def start_server(tmp_path):
         server.stop(signal.SIGQUIT)
 
 
+@pytest.fixture
+def run_alone(tmp_path):
+    """Run the kit by another command, as a user would (`flask --app demos.counter
+    run`, `python -m demos serve basic`): run_alone(*args, ready=path, env=None)
+    starts `python -m <args> --port <a free port>`, waits until GET `ready` answers
+    200 and returns the base URL. Every process is stopped (by pid) after the test."""
+    processes = []
+
+    def run(*args, ready="/", env=None):
+        port = free_port()
+        log_path = tmp_path / f"alone-{port}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", *args, "--port", str(port)],
+                                       cwd=ROOT, env={**os.environ, **(env or {})},
+                                       stdout=log, stderr=subprocess.STDOUT)
+        processes.append(process)
+        url = f"http://127.0.0.1:{port}"
+
+        def answers():
+            if process.poll() is not None:
+                raise RuntimeError(f"{' '.join(args)} exited:\n{log_path.read_text()}")
+            try:
+                return requests.get(url + ready, timeout=2).status_code == 200
+            except (requests.ConnectionError, requests.Timeout):
+                return False
+
+        if not wait_until(answers, timeout=15, step=0.1):
+            raise RuntimeError(f"{' '.join(args)} did not come up:\n{log_path.read_text()}")
+        return url
+
+    yield run
+    for process in processes:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 # --- a headless browser ------------------------------------------------------------
 
 def _unavailable(reason):

@@ -112,6 +112,17 @@ def test_a_quiet_stream_pings_and_a_closed_one_is_released(client):
     assert subscribers(client) == 0
 
 
+def test_the_ringer_pings_subscribers_that_keep_the_default_heartbeat():
+    # They wait on the bell with no timer of their own: the one ringer wakes them.
+    hub = fanout.Fanout(heartbeat=0.05)
+    streams = [hub.stream(channel, heartbeat=0.05) for channel in ("a", "a", "b")]
+    assert [next(s) for s in streams] == [b""] * 3
+    assert [next(s) for s in streams for _ in range(2)] == [fanout.PING] * 6
+    for s in streams:
+        s.close()
+    assert hub.counts() == {}
+
+
 def test_a_message_cannot_inject_fields_or_events(client):
     # Newlines in a message stay inside the JSON string: one data line, one event.
     subscriber = Subscriber(client, "/stream")

@@ -1,7 +1,6 @@
 """Demo 5: one ticker heard by short polling, long polling and SSE, and their cost."""
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -15,9 +14,10 @@ import requests
 from bench import compare as bench
 from demos import compare
 from demos.ticker import Ticker
-from tests.conftest import ROOT, LiveServer, free_port, live_events, read_events, wait_until
+from tests.conftest import ROOT, LiveServer, live_events, read_events, wait_until
 
 QUIET = {"TESTING": True, "COMPARE_RATE_HZ": 0.01}  # the ticker stays silent: tests publish
+FAST = {"COMPARE_RATE_HZ": "20"}  # the environment of a server the live tests start
 
 
 @pytest.fixture
@@ -99,9 +99,9 @@ def test_history_is_bounded():
     ticker = Ticker(rate_hz=1, history=3)
     for n in range(5):
         ticker.publish(f"m{n}")
-    assert [m.id for m in ticker.after(0)] == [3, 4, 5]
-    assert [m.id for m in ticker.after(4)] == [5]
-    assert ticker.after(5) == []
+    assert [m.id for m in ticker.after(0)[1]] == [3, 4, 5]
+    assert [m.id for m in ticker.after(4)[1]] == [5]
+    assert ticker.after(5) == (5, [])
 
 
 def test_long_poll_answers_as_soon_as_a_message_is_published(app):
@@ -175,7 +175,7 @@ def test_quiet_sse_stream_sends_pings():
 def test_one_publish_wakes_every_waiting_listener():
     # The fan-out: listeners parked on the one shared bell, here as real threads.
     ticker, woken = Ticker(rate_hz=1), []
-    listeners = [threading.Thread(target=lambda: woken.append(ticker.wait(0, timeout=5)))
+    listeners = [threading.Thread(target=lambda: woken.append(ticker.wait(0, timeout=5)[1]))
                  for _ in range(20)]
     for listener in listeners:
         listener.start()
@@ -202,7 +202,7 @@ def test_stats_count_requests_and_bytes_per_lane(app, client):
     poll_body = len(bodies[0]) + len(bodies[1])
     assert poll_body + 2 * 150 < lanes["poll"]["bytes"] < poll_body + 2 * 300
     assert len(bodies[2]) + 150 < lanes["long-poll"]["bytes"] < len(bodies[2]) + 300
-    assert lanes["sse"]["bytes"] > 200 + len(ticker_of(app).after(0)[0].frame)
+    assert lanes["sse"]["bytes"] > 200 + len(ticker_of(app).after(0)[1][0].frame)
     assert stats["streams"] == 0 and stats["last_id"] == 1 and stats["rate_hz"] == 0.01
 
 
@@ -294,40 +294,10 @@ def test_live_departed_client_is_released_by_the_next_tick(server):
     assert wait_until(lambda: requests.get(stats).json()["streams"] == 0, timeout=2)
 
 
-@pytest.fixture
-def run_alone(tmp_path):
-    """Start the demo alone with a command of ours; return its base URL."""
-    processes = []
-
-    def run(command, port, path=""):
-        env = {**os.environ, "COMPARE_RATE_HZ": "20"}
-        with open(tmp_path / "server.log", "ab") as log:
-            processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
-                                              stderr=subprocess.STDOUT))
-        url = f"http://127.0.0.1:{port}{path}"
-        assert wait_until(lambda: _answers(url + "/time"), timeout=15, step=0.1), (
-            (tmp_path / "server.log").read_text())
-        return url
-
-    yield run
-    for process in processes:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def _answers(url):
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.ConnectionError:
-        return False
-
-
 @pytest.mark.live
 def test_live_lanes_under_flask_run_with_threads(run_alone):
     # `flask --app demos.compare run`: real threads, HTTP/1.0, no gevent anywhere.
-    port = free_port()
-    url = run_alone([sys.executable, "-m", "flask", "--app", "demos.compare", "run",
-                     "--port", str(port)], port)
+    url = run_alone("flask", "--app", "demos.compare", "run", ready="/time", env=FAST)
     result = bench.run(url, argparse.Namespace(clients=2, interval=0.1, timeout=5.0, duration=1.5))
     assert result["errors"] == []
     assert all(row["delivered"] >= 2 * 10 and row["gaps"] == 0 for row in result["rows"].values())
@@ -339,8 +309,7 @@ def test_serve_answers_without_the_nagle_delay(run_alone):
     on, the body waited for the client's delayed ACK: every long poll took 40 ms
     longer under `python -m demos serve` than under gunicorn. A small answer on a
     kept-alive connection now takes a millisecond or two, not 40."""
-    port = free_port()
-    url = run_alone([sys.executable, "-m", "demos", "serve", "compare", "--port", str(port)], port)
+    url = run_alone("demos", "serve", "compare", ready="/time", env=FAST)
     with requests.Session() as session:
         times = []
         for _ in range(20):

@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from demos import hub
-from tests.conftest import ROOT, LiveServer, free_port, live_events, wait_until
+from tests.conftest import ROOT, live_events
 
 SHARED = {"__init__", "__main__", "hub", "sse", "web", "dialects", "fanout", "brokers", "ticker"}  # not demos
 
@@ -49,46 +49,21 @@ def test_list_names_the_demos():
 @pytest.mark.live
 @pytest.mark.parametrize("demo, path", [(None, "/basic/stream"), ("basic", "/stream")],
                          ids=["hub", "one-demo"])
-def test_serve_streams_on_gevents_own_server(tmp_path, demo, path):
+def test_serve_streams_on_gevents_own_server(run_alone, demo, path):
     # `python -m demos serve`: the Windows-friendly way, streaming just the same.
-    port = free_port()
-    command = [sys.executable, "-m", "demos", "serve", *([demo] if demo else []), "--port", str(port)]
-    with open(tmp_path / "serve.log", "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        assert wait_until(lambda: _up(url + path + "?count=1"), timeout=15, step=0.1)
-        stream = live_events(url + path + "?count=3&interval=0.25")
-        gaps = [b - a for a, b in zip(stream.arrivals, stream.arrivals[1:])]
-        assert len(stream.events) == 3 and min(gaps) > 0.15
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    url = run_alone("demos", "serve", *([demo] if demo else []), ready=path + "?count=1")
+    stream = live_events(url + path + "?count=3&interval=0.25")
+    gaps = [b - a for a, b in zip(stream.arrivals, stream.arrivals[1:])]
+    assert len(stream.events) == 3 and min(gaps) > 0.15
 
 
 @pytest.mark.live
-def test_one_demo_runs_alone_under_flask_run(tmp_path):
+def test_one_demo_runs_alone_under_flask_run(run_alone):
     # `flask --app demos.counter run`: the threaded development server streams too.
-    port = free_port()
-    command = [sys.executable, "-m", "flask", "--app", "demos.counter", "run", "--port", str(port)]
-    with open(tmp_path / "flask.log", "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}/stream?count=3&interval=0.25"
-        assert wait_until(lambda: _up(url.replace("count=3", "count=1")), timeout=15, step=0.1)
-        stream = live_events(url)
-        assert [event.id for event in stream.events] == ["1", "2", "3", "3"]
-        assert min(b - a for a, b in zip(stream.arrivals[:3], stream.arrivals[1:3])) > 0.15
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def _up(url):
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.ConnectionError:
-        return False
+    url = run_alone("flask", "--app", "demos.counter", "run", ready="/stream?count=1")
+    stream = live_events(url + "/stream?count=3&interval=0.25")
+    assert [event.id for event in stream.events] == ["1", "2", "3", "3"]
+    assert min(b - a for a, b in zip(stream.arrivals[:3], stream.arrivals[1:3])) > 0.15
 
 
 @pytest.mark.live
