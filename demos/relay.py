@@ -58,6 +58,8 @@ def create_app(test_config=None):
     @app.route("/chat", methods=["GET", "POST"])
     def chat():
         """The relayed answer: POST {"messages": […]} (fetch), or GET ?q=… (EventSource)."""
+        if request.method == "HEAD":  # headers only: never start (and pay for) an answer
+            return sse.event_stream(())
         messages = read_messages()
         fault = request.args.get("fault", "")
         if fault and not builtin:  # a client's header never goes to a real provider
@@ -67,9 +69,7 @@ def create_app(test_config=None):
         upstream = open_upstream(app.config, messages, fault, request.environ)
         relay = Relay(upstream, app.config["UPSTREAM_DIALECT"], app.config["UPSTREAM_API_KEY"],
                       show_upstream=request.args.get("debug") == "1")
-        response = sse.event_stream(relay.frames())
-        response.call_on_close(relay.stop)  # also when closed before the first frame
-        return response
+        return sse.event_stream(relay.frames())  # its finally closes the upstream
 
     return app
 

@@ -16,6 +16,8 @@ from demos import sse
 from demos.fanout import Board
 
 
+JITTER = random.Random()  # our own generator: the global one belongs to the app's code
+
 class Message(NamedTuple):
     id: int
     data: dict  # {"id", "ts", "text"}: what the polling lanes send as JSON
@@ -57,7 +59,7 @@ class Ticker(Board):
 
     def _pause(self):
         # Jitter, so a client polling at the same rate does not lock in step with us.
-        return random.uniform(0.5, 1.5) / self.rate_hz
+        return JITTER.uniform(0.5, 1.5) / self.rate_hz
 
     def publish(self, text):
         """Post the next message; its id is its number on the board."""

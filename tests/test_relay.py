@@ -318,6 +318,16 @@ def test_live_client_abort_closes_the_upstream(live_server):
 
 
 @pytest.mark.live
+def test_live_head_request_calls_no_upstream(live_server):
+    """A HEAD used to open the upstream and never close it: the body that owns it
+    never starts. curl -I "http://127.0.0.1:8000/relay/chat?q=hi" showed it."""
+    before = fake_streams(live_server)
+    response = requests.head(f"{live_server.url}/relay/chat?q=hello", timeout=5)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/event-stream")
+    assert fake_streams(live_server) == before and relay_upstreams(live_server) == 0
+
+
+@pytest.mark.live
 def test_live_client_abort_closes_a_silent_upstream(live_server):
     # The fake stalls: no byte arrives, yet the relay's pings notice the departed client.
     response = requests.get(f"{live_server.url}/relay/chat", params={"q": "hello", "fault": "stall"},
