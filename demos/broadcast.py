@@ -16,7 +16,7 @@ import hmac
 import os
 import re
 
-from flask import Response, jsonify, render_template, request
+from flask import jsonify, render_template, request
 
 from demos import brokers, sse, web
 
@@ -69,10 +69,7 @@ def create_app(test_config=None):
         """EventSource joins a channel here: each message once, with its id."""
         channel = channel_name(request.args.get("channel", "main"))
         heartbeat = web.number_arg("heartbeat", 15.0, 0.05, 60)
-        # Frames are bytes already: direct_passthrough hands them to the server as
-        # they are, and no stream_with_context keeps a request context per stream.
-        return Response(broker.stream(channel, heartbeat), mimetype=sse.MIMETYPE,
-                        headers=sse.HEADERS, direct_passthrough=True)
+        return sse.event_stream(broker.stream(channel, heartbeat), encoded=True)
 
     @app.get("/stats")
     def stats():

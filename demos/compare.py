@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from flask import Response, jsonify, render_template, request
+from flask import jsonify, render_template, request
 
 from demos import sse, web
 from demos.ticker import Ticker
@@ -73,10 +73,7 @@ def create_app(test_config=None):
         """SSE: one response, one frame per message; resumes after Last-Event-ID."""
         since = since_arg(ticker, "lastEventId", request.headers.get("Last-Event-ID"))
         counter = Stats() if UNCOUNTED in request.headers else stats
-        # The frames are bytes already: direct_passthrough hands them to the
-        # server as they are, and no request context is kept alive per stream.
-        return Response(frames(ticker, since, counter), mimetype=sse.MIMETYPE,
-                        headers=sse.HEADERS, direct_passthrough=True)
+        return sse.event_stream(frames(ticker, since, counter), encoded=True)
 
     @app.get("/time")
     def clock():

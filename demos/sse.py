@@ -58,15 +58,17 @@ def comment(text=""):
 PING = comment("ping")
 
 
-def event_stream(frames, status=200):
+def event_stream(frames, status=200, encoded=False):
     """The streaming response every demo returns: SSE type and headers, sent
     before the first frame, and each frame written as soon as it is yielded.
 
-    direct_passthrough hands our generator straight to the WSGI server, so the
+    direct_passthrough hands the generator straight to the WSGI server, so the
     Response object is freed at once instead of living as long as the stream.
+    Frames may be str; `encoded=True` says they are bytes already (the fan-out
+    path encodes a frame once for all its subscribers) and skips a layer.
     """
-    return Response(_as_bytes(frames), status, mimetype=MIMETYPE, headers=HEADERS,
-                    direct_passthrough=True)
+    body = frames if encoded else _as_bytes(frames)
+    return Response(body, status, mimetype=MIMETYPE, headers=HEADERS, direct_passthrough=True)
 
 
 def _as_bytes(frames):
