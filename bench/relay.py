@@ -3,7 +3,7 @@
 
 Usage:
     python bench/relay.py [--paced RATE N] [--burst N] (0 skips a scenario)
-                          [--streams 1000] [--rate 20] [--duration 10] [--json FILE]
+                          [--streams 1000] [--rate 20] [--duration 10] [--workers 1] [--json FILE]
 
 Starts two servers on loopback, both stopped at the end:
   - an upstream (this script with --serve-upstream, a separate process): the
@@ -219,12 +219,12 @@ def wait_for(port, timeout=20):
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def start_servers(log):
+def start_servers(log, workers):
     ports = {"upstream": free_port(), "relay": free_port()}
     upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(ports["upstream"])],
                                 stdout=log, stderr=subprocess.STDOUT)
     env = {**os.environ, "UPSTREAM_BASE_URL": f"http://127.0.0.1:{ports['upstream']}/v1",
-           "UPSTREAM_MODEL": "bench", "UPSTREAM_TIMEOUT": "60", "WEB_CONCURRENCY": "1"}
+           "UPSTREAM_MODEL": "bench", "UPSTREAM_TIMEOUT": "60", "WEB_CONCURRENCY": str(workers)}
     env.pop("UPSTREAM_API_KEY", None)
     relay = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
                               "--bind", f"127.0.0.1:{ports['relay']}"], cwd=ROOT, env=env,
@@ -280,6 +280,7 @@ def main():
     parser.add_argument("--streams", type=int, default=1000, help="0 skips the concurrent scenario")
     parser.add_argument("--rate", type=float, default=20)
     parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--workers", type=int, default=1, help="gevent workers for the relay")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -289,7 +290,7 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-relay-{os.getpid()}.log"
     with open(log_path, "wb") as log:
-        ports, processes = start_servers(log)
+        ports, processes = start_servers(log, args.workers)
         try:
             pids = {name: process.pid for name, process in processes.items()}
             report = asyncio.run(run(args, ports, pids))
