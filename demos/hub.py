@@ -17,8 +17,8 @@ DEMOS = {
 
 
 def title(module):
-    """A demo's title is the first line of its docstring."""
-    return module.__doc__.strip().splitlines()[0]
+    """A demo's title is the first line of its docstring (without its full stop)."""
+    return module.__doc__.strip().splitlines()[0].rstrip(".")
 
 
 def create_app(test_config=None):
