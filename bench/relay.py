@@ -3,7 +3,7 @@
 
 Usage:
     python bench/relay.py [--paced RATE N] [--burst N] (0 skips a scenario)
-                          [--streams 1000] [--rate 20] [--duration 10] [--workers 1] [--json FILE]
+                          [--streams 1000] [--rate 20] [--duration 20] [--workers 1] [--json FILE]
 
 Starts two servers on loopback, both stopped at the end:
   - an upstream (this script with --serve-upstream, a separate process): the
@@ -18,8 +18,9 @@ Then, for each scenario, reads the upstream directly and then through
     concurrent  STREAMS streams at --rate events/s for --duration s each, opened
                 together: how many completed, and lateness
 Columns: streams completed, ramp s (until the last stream's response head
-came), events received, events/s, lateness (receipt - stamp) p50/p99/max in ms
-over the events stamped once every stream was open (steady state), and CPU %
+came), window s (the steady state: from then until the first stream's last
+event, all streams open), events received, events/s, lateness (receipt - stamp)
+p50/p99/max in ms over the events stamped in that window, and CPU %
 (100 = one core) of this client, the relay (gunicorn master + worker) and the
 upstream over the scenario. The `added` row is relay minus direct.
 The client is plain asyncio over raw HTTP/1.0 in one process; its CPU column
@@ -123,12 +124,38 @@ async def serve_upstream(port):
         await asyncio.gather(server.serve_forever(), upstream.ticker())
 
 
+# --- the yardstick: a naive relay ---------------------------------------------------------
+
+def create_naive_app():
+    """SPEC's "naive Flask relay", for calibration: upstream lines out as they come,
+    nothing parsed, no heartbeat, no disconnect handling. Served by the same gunicorn
+    settings as the kit (`relay:create_naive_app()`), it shows what a relay costs
+    on this machine before the kit's work (full parsing, errors, pings) is added."""
+    import requests
+    from flask import Flask, Response, request
+    app = Flask("naive")
+
+    @app.post("/relay/chat")
+    def chat():
+        body = {"model": "bench", "stream": True, "messages": request.json["messages"]}
+        upstream = requests.post(os.environ["UPSTREAM_BASE_URL"] + "/chat/completions", json=body, stream=True)
+
+        def lines():
+            with upstream:
+                for line in upstream.iter_lines():
+                    if line:
+                        yield line + b"\n\n"
+        return Response(lines(), mimetype="text/event-stream")
+    return app
+
+
 # --- the client ---------------------------------------------------------------------------
 
-async def read_stream(port, path, body, late, opened, keep_stamps=True):
+async def read_stream(port, path, body, late, opened, last, keep_stamps=True):
     """POST over HTTP/1.0 (the body then ends when the server closes); append
-    (stamp, lateness in s) of each event to `late` and the time the response head
-    came to `opened`; return the number of events with a stamp."""
+    (stamp, lateness in s) of each event to `late`, the time the response head
+    came to `opened` and the stamp of the stream's last event to `last`;
+    return the number of events with a stamp."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     data = json.dumps(body).encode()
     writer.write(b"POST %s HTTP/1.0\r\nHost: bench\r\nContent-Type: application/json\r\n"
@@ -137,7 +164,7 @@ async def read_stream(port, path, body, late, opened, keep_stamps=True):
     if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
         raise RuntimeError(head.decode(errors="replace") + (await reader.read(500)).decode(errors="replace"))
     opened.append(time.time())
-    parser, count = EventParser(), 0
+    parser, count, newest = EventParser(), 0, None
     while chunk := await reader.read(65536):
         if not keep_stamps:  # burst: count events cheaply, so the client keeps up
             count += chunk.count(b"\n\n")
@@ -145,9 +172,12 @@ async def read_stream(port, path, body, late, opened, keep_stamps=True):
         now = time.time()
         for event in parser.feed(chunk):
             if stamp := STAMP.search(event.data):
-                late.append((float(stamp[1]), now - float(stamp[1])))
+                newest = float(stamp[1])
+                late.append((newest, now - newest))
                 count += 1
     writer.close()
+    if newest:
+        last.append(newest)
     return count
 
 
@@ -175,28 +205,32 @@ def cpu_seconds(pid):
 
 
 async def scenario(ports, pids, path, plan, streams=1, keep_stamps=True):
-    port = ports["upstream"] if path == "direct" else ports["relay"]
+    port = ports["upstream" if path == "direct" else path]
     url, body = request_for(path, plan)
-    late, opened = [], []
+    late, opened, last = [], [], []
     cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
     client_cpu = resource.getrusage(resource.RUSAGE_SELF)
     started, started_at = time.monotonic(), time.time()
-    results = await asyncio.gather(*(read_stream(port, url, body, late, opened, keep_stamps)
+    results = await asyncio.gather(*(read_stream(port, url, body, late, opened, last, keep_stamps)
                                      for _ in range(streams)), return_exceptions=True)
     wall = time.monotonic() - started
     used = resource.getrusage(resource.RUSAGE_SELF)
     counts = [r for r in results if isinstance(r, int)]
     errors = [r for r in results if not isinstance(r, int)]
-    all_open = max(opened, default=started_at)  # lateness counts from here: steady state
-    late = [lateness for stamp, lateness in late if stamp >= all_open]
+    # Steady state: lateness counts only while every stream is open, from the
+    # last response head to the first stream's last event.
+    all_open, first_done = max(opened, default=started_at), min(last, default=float("inf"))
+    late = [lateness for stamp, lateness in late if all_open <= stamp <= first_done]
     row = {"path": path, "events": sum(counts), "events/s": sum(counts) / wall,
            "completed": sum(c == plan["events"] or not keep_stamps for c in counts), "streams": streams,
-           "ramp s": all_open - started_at, "measured": len(late),
+           "ramp s": all_open - started_at, "measured": len(late), "window s": first_done - all_open if last else "",
            "p50": percentile(late, 50), "p99": percentile(late, 99), "max": max(late, default=0) * 1000,
            "cli CPU": (used.ru_utime + used.ru_stime - client_cpu.ru_utime - client_cpu.ru_stime) / wall * 100,
            "errors": [repr(e)[:200] for e in errors[:3]]}
     for name, pid in pids.items():
         row[f"{name} CPU"] = (cpu_seconds(pid) - cpu[name]) / wall * 100
+    if "naive CPU" in row:  # one relay column: the server that relayed this row
+        row["relay CPU"] = row.pop("naive CPU") if path == "naive" else row["relay CPU"]
     return row
 
 
@@ -219,25 +253,27 @@ def wait_for(port, timeout=20):
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def start_servers(log, workers):
-    ports = {"upstream": free_port(), "relay": free_port()}
+def start_servers(log, workers, naive):
+    ports = {"upstream": free_port(), "relay": free_port(), "naive": free_port()}
     upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(ports["upstream"])],
                                 stdout=log, stderr=subprocess.STDOUT)
     env = {**os.environ, "UPSTREAM_BASE_URL": f"http://127.0.0.1:{ports['upstream']}/v1",
            "UPSTREAM_MODEL": "bench", "UPSTREAM_TIMEOUT": "60", "WEB_CONCURRENCY": str(workers)}
     env.pop("UPSTREAM_API_KEY", None)
-    relay = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-                              "--bind", f"127.0.0.1:{ports['relay']}"], cwd=ROOT, env=env,
-                             stdout=log, stderr=subprocess.STDOUT)
-    wait_for(ports["upstream"])
-    wait_for(ports["relay"])
-    time.sleep(1)  # let the worker finish booting
-    return ports, {"upstream": upstream, "relay": relay}
+    servers = {"upstream": upstream}
+    for name, app in [("relay", []), ("naive", ["--pythonpath", "bench", "relay:create_naive_app()"])][:1 + naive]:
+        servers[name] = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+                                          "--bind", f"127.0.0.1:{ports[name]}", *app], cwd=ROOT, env=env,
+                                         stdout=log, stderr=subprocess.STDOUT)
+    for name in servers:
+        wait_for(ports[name])
+    time.sleep(1)  # let the workers finish booting
+    return ports, servers
 
 
 def show(title, rows):
     print(f"\n{title}")
-    columns = ["path", "completed", "ramp s", "events", "events/s", "p50", "p99", "max",
+    columns = ["path", "completed", "ramp s", "window s", "events", "events/s", "p50", "p99", "max",
                "cli CPU", "relay CPU", "upstream CPU"]
     print("  ".join(f"{c:>12}" for c in columns))
     for row in rows:
@@ -245,9 +281,9 @@ def show(title, rows):
                         for c in columns))
         for error in row.get("errors", []):
             print(f"    error: {error}")
-    if len(rows) == 2:
-        print(f"{'added':>12}  {'':>12}  {'':>12}  {'':>12}  {'':>12}  "
-              + "  ".join(f"{rows[1][c] - rows[0][c]:>+12.2f}" for c in ("p50", "p99", "max")))
+    for row in rows[1:]:  # what each relay adds over reading the upstream directly
+        print(f"{row['path'] + ' added':>12}  " + "  ".join(f"{'':>12}" for _ in range(columns.index("p50") - 1))
+              + "  " + "  ".join(f"{row[c] - rows[0][c]:>+12.2f}" for c in ("p50", "p99", "max")))
 
 
 async def run(args, ports, pids):
@@ -266,8 +302,8 @@ async def run(args, ports, pids):
         show(f"burst: one stream, {args.burst} events as fast as they go (events/s)", report["burst"])
     if args.streams:
         plan = {"rate": args.rate, "events": int(args.rate * args.duration)}
-        report["concurrent"] = [await scenario(ports, pids, path, plan, streams=args.streams)
-                                for path in ("direct", "relay")]
+        paths = ("direct", "relay", "naive") if args.naive else ("direct", "relay")
+        report["concurrent"] = [await scenario(ports, pids, path, plan, streams=args.streams) for path in paths]
         show(f"concurrent: {args.streams} streams x {args.rate:g} events/s x {args.duration:g} s",
              report["concurrent"])
     return report
@@ -279,8 +315,10 @@ def main():
     parser.add_argument("--burst", type=int, default=200_000, metavar="N")
     parser.add_argument("--streams", type=int, default=1000, help="0 skips the concurrent scenario")
     parser.add_argument("--rate", type=float, default=20)
-    parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--duration", type=float, default=20, help="s per stream: longer than the ramp")
     parser.add_argument("--workers", type=int, default=1, help="gevent workers for the relay")
+    parser.add_argument("--no-naive", dest="naive", action="store_false",
+                        help="skip the yardstick: a naive relay (lines in, lines out) in the concurrent scenario")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -290,7 +328,7 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-relay-{os.getpid()}.log"
     with open(log_path, "wb") as log:
-        ports, processes = start_servers(log, args.workers)
+        ports, processes = start_servers(log, args.workers, args.naive and args.streams > 0)
         try:
             pids = {name: process.pid for name, process in processes.items()}
             report = asyncio.run(run(args, ports, pids))

@@ -15,7 +15,7 @@ import uuid
 from demos import sse
 
 PATHS = {"openai": "/chat/completions", "dashscope": "/services/aigc/text-generation/generation"}
-DONE = sse.format_event("[DONE]", event="done")
+DONE = sse.format_event("[DONE]", event="done").encode()
 
 
 def request_for(dialect, model, messages):
@@ -126,7 +126,9 @@ def error_message(body):
 
 
 def content(text):
-    return sse.format_event(json.dumps({"content": text}, ensure_ascii=False))
+    # json.dumps escapes every line break, so the frame is one data: line; it is
+    # encoded here, once, and the response writes the bytes as they are.
+    return b"data: %s\n\n" % json.dumps({"content": text}, ensure_ascii=False).encode()
 
 
 def ending(prompt_tokens, completion_tokens):
@@ -134,7 +136,7 @@ def ending(prompt_tokens, completion_tokens):
     if prompt_tokens is not None and completion_tokens is not None:
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens}
-        yield sse.format_event(json.dumps(usage), event="usage")
+        yield sse.format_event(json.dumps(usage), event="usage").encode()
     yield DONE
 
 

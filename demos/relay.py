@@ -30,6 +30,7 @@ CONNECT_TIMEOUT = 3.05  # Requests' advice: a little over a multiple of 3 s (TCP
 HEARTBEAT = 0.5  # s: a silent upstream still gets a write to the client this often
 MAILBOX = 256  # frames read but not yet sent: a reader that far ahead waits its turn
 MAX_TEXT = 8000  # characters per message
+PING = sse.PING.encode()  # the relay's frames are bytes: encoded once, written as they are
 LOG = logging.getLogger(__name__)  # the app's logger (Flask names it after the module)
 
 
@@ -69,7 +70,7 @@ def create_app(test_config=None):
         upstream = open_upstream(app.config, messages, fault, request.environ)
         relay = Relay(upstream, app.config["UPSTREAM_DIALECT"], app.config["UPSTREAM_API_KEY"],
                       show_upstream=request.args.get("debug") == "1")
-        return sse.event_stream(relay.frames())  # its finally closes the upstream
+        return sse.event_stream(relay.frames(), encoded=True)  # its finally closes the upstream
 
     return app
 
@@ -176,15 +177,15 @@ class Relay:
         self.reading = True
         threading.Thread(target=self.pump, daemon=True).start()
         try:
-            yield sse.PING  # the first bytes at once: the headers go out, proxies see life
+            yield PING  # the first bytes at once: the headers go out, proxies see life
             while True:
                 try:
                     ready = [self.mailbox.get(timeout=HEARTBEAT)]
                 except queue.Empty:
-                    ready = [sse.PING]
+                    ready = [PING]
                 while ready[-1] is not None and not self.mailbox.empty():
                     ready.append(self.mailbox.get_nowait())
-                if frames := "".join(ready[:-1] if ready[-1] is None else ready):
+                if frames := b"".join(ready[:-1] if ready[-1] is None else ready):
                     yield frames  # never an empty write: in chunked encoding that ends the body
                 if ready[-1] is None:
                     return
@@ -226,7 +227,7 @@ class Relay:
         """Debug view: each upstream read goes to the page too, as it arrived."""
         for chunk in chunks:
             text = chunk.decode("utf-8", "backslashreplace")  # a cut character shows as \\xe4
-            self.mailbox.put(sse.format_event(json.dumps(text, ensure_ascii=False), event="upstream"))
+            self.mailbox.put(sse.format_event(json.dumps(text, ensure_ascii=False), event="upstream").encode())
             yield chunk
 
     def relay_error(self, error):
@@ -244,7 +245,7 @@ class Relay:
             message, status = "the relay failed", 500
         message = redact(message, self.key)
         LOG.warning("relay: %s", message)
-        return sse.format_event(json.dumps({"message": message, "status": status}), event="relay-error")
+        return sse.format_event(json.dumps({"message": message, "status": status}), event="relay-error").encode()
 
 
 app = create_app()

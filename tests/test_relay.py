@@ -154,7 +154,8 @@ def test_openai_chunks_become_deltas_usage_and_done():
             'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
             'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
             "data: [DONE]\n\n")
-    assert "".join(dialects.from_openai(events_of(wire))) == (
+    # Frames are bytes, encoded once: the response writes them as they are.
+    assert b"".join(dialects.from_openai(events_of(wire))).decode() == (
         'data: {"content": "Hi"}\n\ndata: {"content": " 你"}\n\n'
         'event: usage\ndata: {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}\n\n'
         "event: done\ndata: [DONE]\n\n")
@@ -163,7 +164,7 @@ def test_openai_chunks_become_deltas_usage_and_done():
 def test_openai_without_usage_or_done():
     # No usage chunk: no usage event. A finish_reason but no [DONE] (some servers): still done.
     wire = 'data: {"choices":[{"delta":{"content":"a"},"finish_reason":"stop"}]}\n\n'
-    assert list(dialects.from_openai(events_of(wire))) == ['data: {"content": "a"}\n\n', dialects.DONE]
+    assert list(dialects.from_openai(events_of(wire))) == [b'data: {"content": "a"}\n\n', dialects.DONE]
 
 
 @pytest.mark.parametrize("wire, message", [
@@ -181,11 +182,11 @@ def test_dashscope_whole_texts_become_deltas():
         f'id:{n}\nevent:result\n:HTTP_STATUS/200\ndata:{{"output":{{"finish_reason":"{finish}","text":"{text}"}},'
         f'"usage":{{"output_tokens":{n},"input_tokens":85}},"request_id":"r"}}\n\n'
         for n, (text, finish) in enumerate(zip(texts, ["null", "null", "stop"]), 1))
-    frames = list(dialects.from_dashscope(events_of(wire)))
+    frames = [frame.decode() for frame in dialects.from_dashscope(events_of(wire))]
     assert [json.loads(frame[6:])["content"] for frame in frames[:3]] == ["最近", "的公园", "是公园。"]
     assert json.loads(frames[3].split("data: ")[1]) == {
         "prompt_tokens": 85, "completion_tokens": 3, "total_tokens": 88}
-    assert frames[4] == dialects.DONE
+    assert frames[4] == dialects.DONE.decode()
 
 
 @pytest.mark.parametrize("wire, message", [
@@ -502,3 +503,29 @@ def test_eventsource_without_close_asks_again(chat_page):
     chat_page.wait_for_function("document.getElementById('opens').textContent === '2'")
     chat_page.wait_for_function("document.getElementById('status').value.startsWith('done twice')")
     assert chat_page.locator("#answer").text_content().count(SUM_TEXT) == 2
+
+
+@pytest.mark.parametrize("text", ["a\nb", "x\r\ny", "line\u2028sep", "data: forged\n\nevent: done\ndata: x", "你好"])
+def test_a_delta_is_one_event_whatever_it_holds(text):
+    # content() skips format_event's line splitting: json.dumps escapes every line
+    # break, so no token can end the frame early or forge a field.
+    events = sse.EventParser().feed(dialects.content(text))
+    assert len(events) == 1 and events[0].event == "message"
+    assert json.loads(events[0].data) == {"content": text}
+
+
+def test_the_benchmark_runs_and_every_relayed_event_arrives(tmp_path):
+    # A small run of bench/relay.py: its own upstream, the kit's relay and the naive
+    # yardstick under gunicorn. Timings are not asserted here, only that it works.
+    report = tmp_path / "relay.json"
+    result = subprocess.run(
+        [sys.executable, "bench/relay.py", "--paced", "100", "20", "--burst", "2000", "--streams", "5",
+         "--rate", "20", "--duration", "1", "--json", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "relay added" in result.stdout and "naive added" in result.stdout
+    rows = json.loads(report.read_text())
+    assert [row["path"] for row in rows["concurrent"]] == ["direct", "relay", "naive"]
+    for row in rows["paced"] + rows["concurrent"]:
+        assert row["completed"] == row["streams"] and not row["errors"], row
+    assert rows["burst"][1]["events"] >= 2000  # every event, plus the ending frames
