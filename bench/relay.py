@@ -3,13 +3,16 @@
 
 Usage:
     python bench/relay.py [--paced RATE N] [--burst N] (0 skips a scenario)
-                          [--streams 1000] [--rate 20] [--duration 20] [--workers 1] [--json FILE]
+                          [--streams 1000] [--rate 20] [--duration 20] [--workers 1] [--no-naive]
+                          [--json FILE]
 
-Starts two servers on loopback, both stopped at the end:
+Starts three servers on loopback, all stopped at the end:
   - an upstream (this script with --serve-upstream, a separate process): the
     OpenAI streaming format, each event's content the unix time it was written;
   - the relay: `gunicorn -c gunicorn.conf.py`, one gevent worker, with
-    UPSTREAM_BASE_URL pointing at that upstream.
+    UPSTREAM_BASE_URL pointing at that upstream;
+  - a naive relay (create_naive_app below) under the same settings, the
+    yardstick in the concurrent scenario (--no-naive skips it).
 Then, for each scenario, reads the upstream directly and then through
 /relay/chat, and prints one row per path:
     paced       one stream, RATE events/s, N events: lateness per event
@@ -22,7 +25,7 @@ came), window s (the steady state: from then until the first stream's last
 event, all streams open), events received, events/s, lateness (receipt - stamp)
 p50/p99/max in ms over the events stamped in that window, and CPU %
 (100 = one core) of this client, the relay (gunicorn master + worker) and the
-upstream over the scenario. The `added` row is relay minus direct.
+upstream over the scenario. An `added` row is that relay minus direct.
 The client is plain asyncio over raw HTTP/1.0 in one process; its CPU column
 says whether it, not the relay, was the bottleneck.
 """
