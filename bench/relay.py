@@ -211,7 +211,9 @@ async def scenario(ports, pids, path, plan, streams=1, keep_stamps=True):
     port = ports["upstream" if path == "direct" else path]
     url, body = request_for(path, plan)
     late, opened, last = [], [], []
-    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    # One relay column: the server that relayed this row (the kit's or the naive one).
+    watched = {"relay CPU": pids["naive" if path == "naive" else "relay"], "upstream CPU": pids["upstream"]}
+    cpu = {column: cpu_seconds(pid) for column, pid in watched.items()}
     client_cpu = resource.getrusage(resource.RUSAGE_SELF)
     started, started_at = time.monotonic(), time.time()
     results = await asyncio.gather(*(read_stream(port, url, body, late, opened, last, keep_stamps)
@@ -230,10 +232,8 @@ async def scenario(ports, pids, path, plan, streams=1, keep_stamps=True):
            "p50": percentile(late, 50), "p99": percentile(late, 99), "max": max(late, default=0) * 1000,
            "cli CPU": (used.ru_utime + used.ru_stime - client_cpu.ru_utime - client_cpu.ru_stime) / wall * 100,
            "errors": [repr(e)[:200] for e in errors[:3]]}
-    for name, pid in pids.items():
-        row[f"{name} CPU"] = (cpu_seconds(pid) - cpu[name]) / wall * 100
-    if "naive CPU" in row:  # one relay column: the server that relayed this row
-        row["relay CPU"] = row.pop("naive CPU") if path == "naive" else row["relay CPU"]
+    for column, pid in watched.items():
+        row[column] = (cpu_seconds(pid) - cpu[column]) / wall * 100
     return row
 
 

@@ -27,7 +27,6 @@ UNCOUNTED = "X-Uncounted"  # sent by the page's raw-wire panel: a second copy of
 SERVER_HEAD = 79  # "Server: gunicorn", "Date: …", "Connection: keep-alive" lines gunicorn adds
 CHUNKED_HEAD = 28  # "Transfer-Encoding: chunked\r\n", on a response without a length
 CHUNK_FRAMING = 6  # "8d\r\n" before a chunk and "\r\n" after it
-PING = sse.PING.encode()
 
 
 def create_app(test_config=None):
@@ -119,12 +118,12 @@ def frames(ticker, since, stats):
     stream, written as soon as it is published; a ping when the ticker is quiet."""
     stats.streams += 1
     try:
-        chunk = PING  # the first bytes go out at once
+        chunk = sse.PING_BYTES  # the first bytes go out at once
         while True:
             stats.add("sse", 0, len(chunk) + CHUNK_FRAMING)
             yield chunk
             since, news = ticker.wait(since)  # parked until the next publish or heartbeat
-            chunk = b"".join(message.frame for message in news) if news else PING
+            chunk = b"".join(message.frame for message in news) if news else sse.PING_BYTES
     finally:  # the server closes us when a write to a departed client fails
         stats.streams -= 1
 

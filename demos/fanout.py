@@ -24,7 +24,6 @@ import time
 from demos import sse
 
 BACKLOG = 256  # frames a channel keeps for a subscriber that fell behind
-PING = sse.PING.encode()
 
 
 class Board:
@@ -142,7 +141,7 @@ class Fanout:
                 if lost := n - seen - len(frames):
                     yield notice_frame("missed", f"this stream fell {lost} messages behind")
                 seen = n
-                yield b"".join(frames) if frames else PING  # silence: the ping finds a gone client
+                yield b"".join(frames) if frames else sse.PING_BYTES  # silence: the ping finds a gone client
         finally:
             with self._lock:
                 self._subscribers[channel] -= 1

@@ -30,7 +30,6 @@ CONNECT_TIMEOUT = 3.05  # Requests' advice: a little over a multiple of 3 s (TCP
 HEARTBEAT = 0.5  # s: a silent upstream still gets a write to the client this often
 MAILBOX = 256  # frames read but not yet sent: a reader that far ahead waits its turn
 MAX_TEXT = 8000  # characters per message
-PING = sse.PING.encode()  # the relay's frames are bytes: encoded once, written as they are
 LOG = logging.getLogger(__name__)  # the app's logger (Flask names it after the module)
 
 
@@ -177,12 +176,12 @@ class Relay:
         self.reading = True
         threading.Thread(target=self.pump, daemon=True).start()
         try:
-            yield PING  # the first bytes at once: the headers go out, proxies see life
+            yield sse.PING_BYTES  # the first bytes at once: the headers go out, proxies see life
             while True:
                 try:
                     ready = [self.mailbox.get(timeout=HEARTBEAT)]
                 except queue.Empty:
-                    ready = [PING]
+                    ready = [sse.PING_BYTES]
                 while ready[-1] is not None and not self.mailbox.empty():
                     ready.append(self.mailbox.get_nowait())
                 if frames := b"".join(ready[:-1] if ready[-1] is None else ready):

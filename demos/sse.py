@@ -56,6 +56,7 @@ def comment(text=""):
 
 
 PING = comment("ping")
+PING_BYTES = PING.encode()  # for streams whose frames are bytes: event_stream(encoded=True)
 
 
 def event_stream(frames, status=200, encoded=False):

@@ -117,7 +117,7 @@ def test_the_ringer_pings_subscribers_that_keep_the_default_heartbeat():
     hub = fanout.Fanout(heartbeat=0.05)
     streams = [hub.stream(channel, heartbeat=0.05) for channel in ("a", "a", "b")]
     assert [next(s) for s in streams] == [b""] * 3
-    assert [next(s) for s in streams for _ in range(2)] == [fanout.PING] * 6
+    assert [next(s) for s in streams for _ in range(2)] == [sse.PING_BYTES] * 6
     for s in streams:
         s.close()
     assert hub.counts() == {}
