@@ -125,10 +125,13 @@ def error_message(body):
     return str(message or "no details")[:300]
 
 
+_to_json = json.JSONEncoder(ensure_ascii=False).encode  # made once: dumps() would make one per call
+
+
 def content(text):
-    # json.dumps escapes every line break, so the frame is one data: line; it is
+    # JSON escapes every line break, so the frame is one data: line; it is
     # encoded here, once, and the response writes the bytes as they are.
-    return b"data: %s\n\n" % json.dumps({"content": text}, ensure_ascii=False).encode()
+    return b"data: %s\n\n" % _to_json({"content": text}).encode()
 
 
 def ending(prompt_tokens, completion_tokens):

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,24 @@ def test_first_bytes_go_out_at_once(flask_run):
         assert next(response.iter_content(chunk_size=None)) == sse.PING.encode()
 
 
+def test_a_silent_upstream_still_gets_pings():
+    """While the LLM is silent the relay keeps writing: a proxy does not cut the stream
+    as idle, and a write is how a departed client is noticed. The watch wakes a relay
+    that has written nothing for HEARTBEAT s, so writes are never much further apart."""
+    app = relay.create_app({"UPSTREAM_TIMEOUT": 2.5, "FAKE_LLM_DELAY_MS": 0})
+    with serving(app) as url:
+        response = requests.get(url + "/chat", params={"q": "hello", "fault": "stall"}, stream=True, timeout=10)
+        with response:
+            writes = [(time.monotonic(), chunk) for chunk in response.iter_content(chunk_size=None)]
+    last_token = max(i for i, (_, chunk) in enumerate(writes) if b'"content"' in chunk)
+    silence = writes[last_token:]
+    pings = [chunk for _, chunk in silence[1:-1]]
+    assert len(pings) >= 3 and set(pings) == {sse.PING_BYTES}
+    gaps = [later - earlier for (earlier, _), (later, _) in zip(silence, silence[1:])]
+    assert max(gaps) < 2 * relay.HEARTBEAT + 0.5, gaps
+    assert b"event: relay-error" in silence[-1][1]  # and UPSTREAM_TIMEOUT still ends it
+
+
 def test_relays_chinese_across_split_reads(flask_run):
     status, events = chat(flask_run, "你好", fault="split")
     assert status == 200 and text_of(events) == fake_llm.CHINESE
@@ -338,6 +357,24 @@ def test_live_client_abort_closes_a_silent_upstream(live_server):
     assert relay_upstreams(live_server) == 1
     response.close()
     assert wait_until(lambda: relay_upstreams(live_server) == 0, timeout=2)
+
+
+@pytest.mark.live
+def test_live_a_silent_upstream_gets_pings_then_a_timeout(start_server):
+    """Under gunicorn the fake keeps its connection alive, so the relay drops the socket's
+    read timeout and its watch enforces UPSTREAM_TIMEOUT (Werkzeug's server closes
+    each connection, and there the socket timeout does it: tested above)."""
+    server = start_server(env={"UPSTREAM_TIMEOUT": "1.5"})
+    started = time.monotonic()
+    response = requests.get(f"{server.url}/relay/chat", params={"q": "hello", "fault": "stall"},
+                            stream=True, timeout=10)
+    with response:
+        wire = b"".join(response.iter_content(chunk_size=None))
+    assert time.monotonic() - started < 1.5 + 1.5  # the timeout, a watch period, slack
+    assert wire.count(sse.PING_BYTES) >= 3  # the first, and two or more during the silence
+    last = list(sse.iter_events([wire]))[-1]
+    assert last.event == "relay-error" and json.loads(last.data)["status"] == 504
+    assert wait_until(lambda: relay_upstreams(server) == 0, timeout=2)
 
 
 def hostile_upstream(seen):
