@@ -15,7 +15,7 @@ from flask import Flask, Response
 from flask import request as incoming
 from werkzeug.serving import make_server
 
-from demos import dialects, fake_llm, relay, sse
+from demos import dialects, fake_llm, relay, relaying, sse
 from tests.conftest import ROOT, LiveServer, free_port, live_events, wait_until
 
 SUM, SUM_TEXT = "3+5=?", "3 + 5 = 8"
@@ -235,7 +235,7 @@ def test_a_silent_upstream_still_gets_pings():
     pings = [chunk for _, chunk in silence[1:-1]]
     assert len(pings) >= 3 and set(pings) == {sse.PING_BYTES}
     gaps = [later - earlier for (earlier, _), (later, _) in zip(silence, silence[1:])]
-    assert max(gaps) < 2 * relay.HEARTBEAT + 0.5, gaps
+    assert max(gaps) < 2 * relaying.HEARTBEAT + 0.5, gaps
     assert b"event: relay-error" in silence[-1][1]  # and UPSTREAM_TIMEOUT still ends it
 
 
