@@ -12,7 +12,7 @@ Starts three servers on loopback, all stopped at the end:
   - the relay: `gunicorn -c gunicorn.conf.py`, one gevent worker, with
     UPSTREAM_BASE_URL pointing at that upstream;
   - a naive relay (create_naive_app below) under the same settings, the
-    yardstick in the concurrent scenario (--no-naive skips it).
+    yardstick in every scenario (--no-naive skips it).
 Then, for each scenario, reads the upstream directly and then through
 /relay/chat, and prints one row per path:
     paced       one stream, RATE events/s, N events: lateness per event
@@ -321,13 +321,14 @@ def show(title, rows):
 
 
 async def run(args, ports, pids):
-    for path in ("direct", "relay"):  # warm up both paths before measuring
+    paths = ("direct", "relay", "naive") if args.naive else ("direct", "relay")
+    for path in paths:  # warm up every path before measuring
         await scenario(ports, pids, path, {"rate": 100, "events": 20}, streams=2)
     report = {}
     if args.paced and args.paced[1]:
         rate, count = args.paced
         plan = {"rate": rate, "events": int(count)}
-        report["paced"] = [await scenario(ports, pids, path, plan) for path in ("direct", "relay")]
+        report["paced"] = [await scenario(ports, pids, path, plan) for path in paths]
         show(f"paced: one stream, {rate:g} events/s, {int(count)} events (lateness in ms)", report["paced"])
     if args.burst:
         plan = {"rate": 0, "events": args.burst, "batch": 100}
@@ -336,7 +337,6 @@ async def run(args, ports, pids):
         show(f"burst: one stream, {args.burst} events as fast as they go (events/s)", report["burst"])
     if args.streams:
         plan = {"rate": args.rate, "events": int(args.rate * args.duration)}
-        paths = ("direct", "relay", "naive") if args.naive else ("direct", "relay")
         report["concurrent"] = [await scenario(ports, pids, path, plan, streams=args.streams) for path in paths]
         show(f"concurrent: {args.streams} streams x {args.rate:g} events/s x {args.duration:g} s",
              report["concurrent"])
@@ -352,7 +352,7 @@ def main():
     parser.add_argument("--duration", type=float, default=20, help="s per stream: longer than the ramp")
     parser.add_argument("--workers", type=int, default=1, help="gevent workers for the relay")
     parser.add_argument("--no-naive", dest="naive", action="store_false",
-                        help="skip the yardstick: a naive relay (lines in, lines out) in the concurrent scenario")
+                        help="skip the yardstick: a naive relay (lines in, lines out)")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -362,7 +362,7 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-relay-{os.getpid()}.log"
     with open(log_path, "wb") as log:
-        ports, processes = start_servers(log, args.workers, args.naive and args.streams > 0)
+        ports, processes = start_servers(log, args.workers, args.naive)
         try:
             pids = {name: process.pid for name, process in processes.items()}
             report = asyncio.run(run(args, ports, pids))

@@ -112,8 +112,6 @@ class EventParser:
     its closing blank line.
     """
 
-    _LINE_END = re.compile(rb"\r\n|\r|\n")
-
     def __init__(self):
         self._pending = []  # pieces of a line not yet ended, joined once it ends
         self._skip_lf = False  # the last chunk ended in CR: a leading LF is its pair
@@ -128,16 +126,17 @@ class EventParser:
             return []
         if self._skip_lf and chunk[:1] == b"\n":
             chunk = chunk[1:]
-        self._skip_lf = chunk[-1:] == b"\r"
+        last = chunk[-1:]
+        self._skip_lf = last == b"\r"
         if b"\n" not in chunk and b"\r" not in chunk:
             self._pending.append(chunk)  # no line end yet: keep it, copy nothing
             return []
         if self._pending:
             self._pending.append(chunk)
             chunk = b"".join(self._pending)
-        lines = self._LINE_END.split(chunk)
-        rest = lines.pop()  # after the last line end: the start of the next line
-        self._pending = [rest] if rest else []
+        lines = chunk.splitlines()  # on bytes, exactly SSE's line ends: CR, LF, CRLF
+        # Bytes after the last line end start the next line.
+        self._pending = [] if last in (b"\n", b"\r") else [lines.pop()]
         events = []
         for raw in lines:
             event = self._line(raw)

@@ -80,6 +80,8 @@ PARSER_CASES = [
     (b"id: a\0b\ndata: x\n\n", [Event("x")]),
     (b"foo: bar\ndata: x\n\n", [Event("x")]),
     ("data: caf\u00e9 \u2028 \u4f60\u597d\n\n".encode(), [Event("caf\u00e9 \u2028 \u4f60\u597d")]),
+    # str.splitlines() would cut at each of these; bytes.splitlines() and SSE do not.
+    ("data: a\x0bb\x0cc\x1cd\x1de\x1ef\x85g\u2029h\n\n".encode(), [Event("a\x0bb\x0cc\x1cd\x1de\x1ef\x85g\u2029h")]),
     (b"data: a\r\n\r\n\r\ndata: b\n\r\n", [Event("a"), Event("b")]),
     (b"data: \xe4\xbd\n\n", [Event("\ufffd")]),
     # The examples of the WHATWG HTML standard, "Server-sent events", sections 9.2.1 and 9.2.6:
@@ -98,7 +100,8 @@ PARSER_CASES = [
 PARSER_IDS = [
     "LF", "CRLF-no-space", "CR-two-spaces", "multi-line", "type-and-id-carry", "comment",
     "no-closing-blank-line", "no-data-no-dispatch", "field-without-colon", "BOM",
-    "id-with-NUL-ignored", "unknown-field", "U+2028-is-not-a-line-end", "blank-lines-between",
+    "id-with-NUL-ignored", "unknown-field", "U+2028-is-not-a-line-end",
+    "other-str-line-breaks-are-not-line-ends", "blank-lines-between",
     "invalid-UTF-8-replaced", "whatwg-three-messages", "whatwg-event-types", "whatwg-stock-ticker",
     "whatwg-four-blocks", "whatwg-empty-data", "whatwg-space-after-colon"]
 
