@@ -3,7 +3,7 @@
 
 Usage:
     python bench/relay.py [--paced RATE N] [--burst N] (0 skips a scenario)
-                          [--streams 1000] [--rate 20] [--duration 20] [--workers 1] [--no-naive]
+                          [--streams 1000] [--rate 20] [--duration 20] [--workers 1] [--pin] [--no-naive]
                           [--json FILE]
 
 Starts three servers on loopback, all stopped at the end:
@@ -27,7 +27,8 @@ p50/p99/max in ms over the events stamped in that window, and CPU %
 (100 = one core) of this client, the relay (gunicorn master + worker) and the
 upstream over the scenario. An `added` row is that relay minus direct.
 The client is plain asyncio over raw HTTP/1.0 in one process; its CPU column
-says whether it, not the relay, was the bottleneck.
+says whether it, not the relay, was the bottleneck. On a small machine the
+three share the cores; --pin (Linux) gives the relays cores of their own.
 """
 import argparse
 import asyncio
@@ -287,10 +288,24 @@ def wait_for(port, timeout=20):
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def start_servers(log, workers, naive):
+def pinned_to(cores):
+    """Run a child on these cores only (None: anywhere)."""
+    return None if cores is None else lambda: os.sched_setaffinity(0, cores)
+
+
+def start_servers(log, workers, naive, pin):
     ports = {"upstream": free_port(), "relay": free_port(), "naive": free_port()}
+    # --pin: the relays get the last `workers` cores, the load (upstream, client) the rest,
+    # as on a real deployment, where the LLM and the browsers are not on the relay's cores.
+    relay_cores = load_cores = None
+    if pin:
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) <= workers:
+            raise SystemExit(f"--pin needs more cores than --workers: this machine lets us use {len(cores)}")
+        relay_cores, load_cores = set(cores[-workers:]), set(cores[:-workers])
+        os.sched_setaffinity(0, load_cores)
     upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(ports["upstream"])],
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=pinned_to(load_cores))
     env = {**os.environ, "UPSTREAM_BASE_URL": f"http://127.0.0.1:{ports['upstream']}/v1",
            "UPSTREAM_MODEL": "bench", "UPSTREAM_TIMEOUT": "60", "WEB_CONCURRENCY": str(workers)}
     env.pop("UPSTREAM_API_KEY", None)
@@ -298,7 +313,7 @@ def start_servers(log, workers, naive):
     for name, app in [("relay", []), ("naive", ["--pythonpath", "bench", "relay:create_naive_app()"])][:1 + naive]:
         servers[name] = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
                                           "--bind", f"127.0.0.1:{ports[name]}", *app], cwd=ROOT, env=env,
-                                         stdout=log, stderr=subprocess.STDOUT)
+                                         stdout=log, stderr=subprocess.STDOUT, preexec_fn=pinned_to(relay_cores))
     for name in servers:
         wait_for(ports[name])
     time.sleep(1)  # let the workers finish booting
@@ -351,6 +366,8 @@ def main():
     parser.add_argument("--rate", type=float, default=20)
     parser.add_argument("--duration", type=float, default=20, help="s per stream: longer than the ramp")
     parser.add_argument("--workers", type=int, default=1, help="gevent workers for the relay")
+    parser.add_argument("--pin", action="store_true",
+                        help="Linux: the relays on cores of their own, the upstream and this client on the rest")
     parser.add_argument("--no-naive", dest="naive", action="store_false",
                         help="skip the yardstick: a naive relay (lines in, lines out)")
     parser.add_argument("--json", help="also write the rows to this file")
@@ -362,7 +379,7 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-relay-{os.getpid()}.log"
     with open(log_path, "wb") as log:
-        ports, processes = start_servers(log, args.workers, args.naive)
+        ports, processes = start_servers(log, args.workers, args.naive, args.pin)
         try:
             pids = {name: process.pid for name, process in processes.items()}
             report = asyncio.run(run(args, ports, pids))
