@@ -122,7 +122,7 @@ def error_message(body):
     message = error.get("message") if isinstance(error, dict) else error
     if not message and isinstance(body, dict):
         message = body.get("message")
-    return str(message or "no details")[:300]
+    return str(message or "no details")  # whole: the relay masks the key, then cuts it short
 
 
 _to_json = json.JSONEncoder(ensure_ascii=False).encode  # made once: dumps() would make one per call

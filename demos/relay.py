@@ -46,7 +46,8 @@ def create_app(test_config=None):
         """The chat page: fetch() and EventSource, the raw wire, the fault menu."""
         where = "the built-in fake LLM" if builtin else urlsplit(app.config["UPSTREAM_BASE_URL"]).hostname
         return render_template("relay/index.html", upstream=where, faults=fake_llm.FAULTS if builtin else {},
-                               model=app.config["UPSTREAM_MODEL"] or fake_llm.MODEL)
+                               model=app.config["UPSTREAM_MODEL"] or fake_llm.MODEL,
+                               raw_upstream=not app.config["UPSTREAM_API_KEY"])
 
     @app.route("/chat", methods=["GET", "POST"])
     def chat():
@@ -59,9 +60,12 @@ def create_app(test_config=None):
             web.fail("fault needs the built-in fake LLM, and UPSTREAM_BASE_URL is set")
         if fault and fault not in fake_llm.FAULTS:
             web.fail(f"fault must be one of {', '.join(fake_llm.FAULTS)}; got {fault!r}")
+        show_upstream = request.args.get("debug") == "1"
+        if show_upstream and app.config["UPSTREAM_API_KEY"]:  # raw reads can't be masked: a key may span two
+            web.fail("debug=1 (the upstream's raw bytes) works only without UPSTREAM_API_KEY: they may quote the key")
         upstream = open_upstream(app.config, messages, fault, request.environ)
         relay = Relay(upstream, app.config["UPSTREAM_DIALECT"], app.config["UPSTREAM_API_KEY"],
-                      app.config["UPSTREAM_TIMEOUT"], show_upstream=request.args.get("debug") == "1")
+                      app.config["UPSTREAM_TIMEOUT"], show_upstream)
         return sse.event_stream(relay.frames(), encoded=True)  # its finally closes the upstream
 
     return app

@@ -21,8 +21,9 @@ LOG = logging.getLogger("demos.relay")  # the relay app's logger (Flask names it
 
 
 def redact(message, key):
-    """An upstream may quote the key in an error (OpenAI masks most of it; be sure)."""
-    return message.replace(key, "***") if key else message
+    """An upstream may quote the key in an error (OpenAI masks most of it; be sure).
+    Masked first, then cut short: a cut through the key would leave a piece unmatched."""
+    return (message.replace(key, "***") if key else message)[:400]
 
 
 class Relay:
@@ -93,6 +94,7 @@ class Relay:
                 if self.gone:
                     break
                 self.mailbox.put(frame)  # waits while the mailbox is full: backpressure
+                self.heard = time.monotonic()  # time spent waiting for the client is not the LLM's silence
         except Exception as error:  # the upstream broke, went silent, or we stopped it
             if not self.gone:
                 self.mailbox.put(self.relay_error(error))
@@ -141,11 +143,15 @@ def wake_quiet_relays():
     whose upstream has sent nothing for UPSTREAM_TIMEOUT s is cut off (a 504 relay-error)."""
     while True:
         time.sleep(HEARTBEAT / 2)
-        now = time.monotonic()
-        for relay in list(Relay.live):
-            if now - relay.heard > relay.timeout and not relay.timed_out:
-                relay.timed_out = True
-                relay.cut()
-            if now - relay.sent >= HEARTBEAT:
-                with contextlib.suppress(queue.Full):  # full: it has frames to send anyway
-                    relay.mailbox.put_nowait(QUIET)
+        visit(time.monotonic())
+
+
+def visit(now):
+    for relay in list(Relay.live):
+        # A full mailbox: the reader waits for a slow client, not for the LLM.
+        if now - relay.heard > relay.timeout and not relay.timed_out and not relay.mailbox.full():
+            relay.timed_out = True
+            relay.cut()
+        if now - relay.sent >= HEARTBEAT:
+            with contextlib.suppress(queue.Full):  # full: it has frames to send anyway
+                relay.mailbox.put_nowait(QUIET)

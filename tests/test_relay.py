@@ -135,6 +135,16 @@ def test_faults_are_never_sent_to_a_real_provider():
     assert "fault needs the built-in fake LLM" in response.get_json()["error"]
 
 
+def test_raw_upstream_bytes_are_refused_when_a_key_is_set():
+    # A key quoted by the provider may be cut across two reads, where no mask can find it.
+    app = relay.create_app({"TESTING": True, "UPSTREAM_BASE_URL": "https://api.example.com/v1",
+                            "UPSTREAM_MODEL": "m", "UPSTREAM_API_KEY": KEY})
+    response = app.test_client().get("/chat?q=hi&debug=1")
+    assert response.status_code == 400 and "without UPSTREAM_API_KEY" in response.get_json()["error"]
+    page = app.test_client().get("/").get_data(as_text=True)
+    assert 'name="debug" disabled' in page and KEY not in page
+
+
 def test_without_a_server_socket_the_fake_cannot_be_reached(client):
     # The Flask test client has no socket, so no address of our own to call.
     response = client.get("/chat?q=hi")
@@ -237,6 +247,29 @@ def test_a_silent_upstream_still_gets_pings():
     gaps = [later - earlier for (earlier, _), (later, _) in zip(silence, silence[1:])]
     assert max(gaps) < 2 * relaying.HEARTBEAT + 0.5, gaps
     assert b"event: relay-error" in silence[-1][1]  # and UPSTREAM_TIMEOUT still ends it
+
+
+def test_a_slow_client_is_not_taken_for_a_silent_upstream():
+    # The reader waits for room in a full mailbox while the client is slow: that is not
+    # the LLM's silence, and the watch must not cut the answer off with a 504.
+    with serving(fake_llm.create_app({"FAKE_LLM_DELAY_MS": 0})) as fake:
+        upstream = requests.post(fake + "/v1/chat/completions", stream=True, timeout=5,
+                                 json={"model": "m", "stream": True, "messages": [{"role": "user", "content": SUM}]})
+        relay_ = relaying.Relay(upstream, "openai", "", timeout=0.1)
+        relay_.sent = float("inf")  # no pings into the mailbox during the test
+        for _ in range(relaying.MAILBOX):
+            relay_.mailbox.put_nowait(b"data: {}\n\n")
+        relay_.heard -= 1  # nothing read for longer than its timeout
+        relaying.Relay.live.add(relay_)
+        try:
+            relaying.visit(time.monotonic())
+            assert not relay_.timed_out
+            relay_.mailbox.get_nowait()  # the client took a frame: now the silence is the LLM's
+            relaying.visit(time.monotonic())
+            assert relay_.timed_out
+        finally:
+            relaying.Relay.live.discard(relay_)
+            upstream.close()
 
 
 def test_relays_chinese_across_split_reads(flask_run):
@@ -388,6 +421,8 @@ def hostile_upstream(seen):
         prompt = incoming.get_json()["messages"][-1]["content"]
         if prompt in ("401", "429", "500"):
             return {"error": {"message": f"Incorrect API key provided: {key}"}}, int(prompt)
+        if prompt == "long-401":  # the key just where a message would be cut short
+            return {"error": {"message": "x" * 280 + f" key {key} is wrong"}}, 401
         return Response(answer(prompt, key), mimetype="text/event-stream")
 
     return app
@@ -413,21 +448,27 @@ def test_live_the_key_never_leaves_the_server(tmp_path):
             page = requests.get(base + "/", timeout=5)
             assert page.status_code == 200 and "127.0.0.1" in page.text
             seen_by_client.append(page.text + str(page.headers))
-            for prompt, status in [("hi", 200), ("midstream", 200), ("401", 401), ("429", 429), ("500", 502)]:
+            for prompt, status in [("hi", 200), ("midstream", 200), ("401", 401), ("429", 429), ("500", 502),
+                                   ("long-401", 401)]:
                 for method in ("POST", "GET"):
                     response = (requests.post(base + "/chat", json={"messages": [{"role": "user", "content": prompt}]},
                                               headers={"X-Fake-Fault": "drop"}, timeout=10)
                                 if method == "POST" else requests.get(base + "/chat", params={"q": prompt}, timeout=10))
                     assert response.status_code == status, (prompt, response.text)
                     seen_by_client.append(response.text + str(response.headers))
-            assert "Incorrect API key provided: ***" in seen_by_client[-1]
+            assert any("Incorrect API key provided: ***" in text for text in seen_by_client)
+            assert any("key *** is wrong" in text for text in seen_by_client)  # masked, then cut
             assert any("key *** was revoked" in text for text in seen_by_client)
             assert requests.get(base + "/chat", params={"q": "x", "fault": "drop"}, timeout=5).status_code == 400
+            raw = requests.get(base + "/chat", params={"q": "midstream", "debug": "1"}, timeout=5)
+            assert raw.status_code == 400  # the upstream's raw bytes would carry the key
+            seen_by_client.append(raw.text)
         finally:
             server.stop()
     log = server.log_path.read_text()
     assert "relay: the upstream answered 401" in log and "GET /relay/chat" in log  # it did log
-    assert not [text for text in seen_by_client + [log] if KEY in text]
+    pieces = {KEY[start:start + 8] for start in range(len(KEY) - 7)}  # nor a piece of it
+    assert not [text for text in seen_by_client + [log] for piece in pieces if piece in text]
     # The key went where it belongs, and nothing the client sent went with it:
     assert all(call["headers"]["Authorization"] == f"Bearer {KEY}" for call in seen)
     assert all("X-Fake-Fault" not in call["headers"] for call in seen)
