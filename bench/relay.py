@@ -2,20 +2,23 @@
 """What the relay adds: the same stamped upstream read directly and through the relay.
 
 Usage:
-    python bench/relay.py [--paced RATE N] [--burst N] (0 skips a scenario)
-                          [--streams 1000] [--rate 20] [--duration 20] [--workers 1] [--pin] [--no-naive]
-                          [--json FILE]
+    python bench/relay.py [--paced RATE N]... [--burst N] (0 skips a scenario)
+                          [--streams 1000] [--rate 20] [--duration 20] [--workers 1] [--pin]
+                          [--no-naive] [--no-nginx] [--json FILE]
 
-Starts three servers on loopback, all stopped at the end:
+Starts these servers on loopback, all stopped at the end:
   - an upstream (this script with --serve-upstream, a separate process): the
     OpenAI streaming format, each event's content the unix time it was written;
   - the relay: `gunicorn -c gunicorn.conf.py`, one gevent worker, with
     UPSTREAM_BASE_URL pointing at that upstream;
-  - a naive relay (create_naive_app below) under the same settings, the
-    yardstick in every scenario (--no-naive skips it).
+  - two yardsticks, in the paced and concurrent scenarios: a naive relay
+    (create_naive_app below) under the same gunicorn settings (--no-naive skips
+    it), and nginx as a pure proxy, if it is installed (--no-nginx skips it).
 Then, for each scenario, reads the upstream directly and then through
 /relay/chat, and prints one row per path:
-    paced       one stream, RATE events/s, N events: lateness per event
+    paced       one stream, RATE events/s, N events: lateness per event; by
+                default three rates, 50, 200 and 1,000 events/s (an LLM writes
+                20 to 100 tokens a second), each repeatable as --paced RATE N
     burst       one stream, N events written as fast as the socket takes them:
                 events/s received (the relay parses every event fully)
     concurrent  STREAMS streams at --rate events/s for --duration s each, opened
@@ -38,9 +41,11 @@ import os
 import re
 import resource
 import signal
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,6 +54,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # client finds every stamp of the whole events in a read with one bytes regex: it
 # costs a few µs per event, and the client must stay cheaper than what it measures.
 STAMP = re.compile(rb'"content": ?"(\d+\.\d+)"')
+# An LLM writes 20 to 100 tokens a second: the slower the stream, the colder each event runs.
+DEFAULT_PACED = [(50, 250), (200, 1000), (1000, 5000)]
 FRAME = b'data: {"choices":[{"index":0,"delta":{"content":"%.6f"},"finish_reason":null}]}\n\n'
 END = (b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
        b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":%d}}\n\ndata: [DONE]\n\n')
@@ -243,8 +250,8 @@ async def scenario(ports, pids, path, plan, streams=1, keep_stamps=True):
     port = ports["upstream" if path == "direct" else path]
     url, body = request_for(path, plan)
     late, opened, last = [], [], []
-    # One relay column: the server that relayed this row (the kit's or the naive one).
-    watched = {"relay CPU": pids["naive" if path == "naive" else "relay"], "upstream CPU": pids["upstream"]}
+    # One relay column: the server that relayed this row (the kit's, or a yardstick).
+    watched = {"relay CPU": pids.get(path, pids["relay"]), "upstream CPU": pids["upstream"]}
     cpu = {column: cpu_seconds(pid) for column, pid in watched.items()}
     client_cpu = resource.getrusage(resource.RUSAGE_SELF)
     started, started_at = time.monotonic(), time.time()
@@ -258,7 +265,7 @@ async def scenario(ports, pids, path, plan, streams=1, keep_stamps=True):
     # last response head to the first stream's last event.
     all_open, first_done = max(opened, default=started_at), min(last, default=float("inf"))
     late = [lateness for stamp, lateness in late if all_open <= stamp <= first_done]
-    row = {"path": path, "events": sum(counts), "events/s": sum(counts) / wall,
+    row = {"path": path, "rate": plan["rate"], "events": sum(counts), "events/s": sum(counts) / wall,
            "completed": sum(c == plan["events"] or not keep_stamps for c in counts), "streams": streams,
            "ramp s": all_open - started_at, "measured": len(late), "window s": first_done - all_open if last else "",
            "p50": percentile(late, 50), "p99": percentile(late, 99), "max": max(late, default=0) * 1000,
@@ -293,8 +300,43 @@ def pinned_to(cores):
     return None if cores is None else lambda: os.sched_setaffinity(0, cores)
 
 
-def start_servers(log, workers, naive, pin):
-    ports = {"upstream": free_port(), "relay": free_port(), "naive": free_port()}
+NGINX_CONF = """# nginx as a pure proxy in front of the bench's upstream: the cost of one
+# more hop through a fast C proxy, set up for streaming as deploy/nginx.conf is.
+worker_processes 1;
+pid nginx.pid;
+events { worker_connections 4096; }  # two per stream
+http {
+    access_log off;
+    client_body_temp_path client_body_temp;
+    proxy_temp_path proxy_temp;
+    fastcgi_temp_path fastcgi_temp;
+    uwsgi_temp_path uwsgi_temp;
+    scgi_temp_path scgi_temp;
+    server {
+        listen 127.0.0.1:%(port)d;
+        location / {
+            proxy_pass http://127.0.0.1:%(upstream)d;
+            proxy_http_version 1.1;
+            proxy_buffering off;
+            proxy_read_timeout 120s;
+        }
+    }
+}
+"""
+
+
+def start_nginx(ports, log, preexec):
+    """nginx (not a Python server), as a pure proxy: what one more hop costs here."""
+    prefix = Path(tempfile.mkdtemp(prefix="bench-relay-nginx-"))
+    (prefix / "nginx.conf").write_text(NGINX_CONF % {"port": ports["nginx"], "upstream": ports["upstream"]})
+    process = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", "stderr",
+                                "-g", "daemon off;"], stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec)
+    process.prefix = prefix  # removed when it stops
+    return process
+
+
+def start_servers(log, workers, naive, nginx, pin):
+    ports = {"upstream": free_port(), "relay": free_port(), "naive": free_port(), "nginx": free_port()}
     # --pin: the relays get the last `workers` cores, the load (upstream, client) the rest,
     # as on a real deployment, where the LLM and the browsers are not on the relay's cores.
     relay_cores = load_cores = None
@@ -314,6 +356,8 @@ def start_servers(log, workers, naive, pin):
         servers[name] = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
                                           "--bind", f"127.0.0.1:{ports[name]}", *app], cwd=ROOT, env=env,
                                          stdout=log, stderr=subprocess.STDOUT, preexec_fn=pinned_to(relay_cores))
+    if nginx:
+        servers["nginx"] = start_nginx(ports, log, pinned_to(relay_cores))
     for name in servers:
         wait_for(ports[name])
     time.sleep(1)  # let the workers finish booting
@@ -336,15 +380,15 @@ def show(title, rows):
 
 
 async def run(args, ports, pids):
-    paths = ("direct", "relay", "naive") if args.naive else ("direct", "relay")
+    paths = ["direct", "relay"] + ["naive"] * args.naive + ["nginx"] * args.nginx
     for path in paths:  # warm up every path before measuring
         await scenario(ports, pids, path, {"rate": 100, "events": 20}, streams=2)
     report = {}
-    if args.paced and args.paced[1]:
-        rate, count = args.paced
+    for rate, count in args.paced:
         plan = {"rate": rate, "events": int(count)}
-        report["paced"] = [await scenario(ports, pids, path, plan) for path in paths]
-        show(f"paced: one stream, {rate:g} events/s, {int(count)} events (lateness in ms)", report["paced"])
+        rows = [await scenario(ports, pids, path, plan) for path in paths]
+        report.setdefault("paced", []).extend(rows)
+        show(f"paced: one stream, {rate:g} events/s, {int(count)} events (lateness in ms)", rows)
     if args.burst:
         plan = {"rate": 0, "events": args.burst, "batch": 100}
         report["burst"] = [await scenario(ports, pids, path, plan, keep_stamps=False)
@@ -360,7 +404,8 @@ async def run(args, ports, pids):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--paced", nargs=2, type=float, metavar=("RATE", "N"), default=[200, 1000])
+    parser.add_argument("--paced", nargs=2, type=float, metavar=("RATE", "N"), action="append",
+                        help="one paced stream (repeatable; default: 50 250, 200 1000 and 1000 5000)")
     parser.add_argument("--burst", type=int, default=200_000, metavar="N")
     parser.add_argument("--streams", type=int, default=1000, help="0 skips the concurrent scenario")
     parser.add_argument("--rate", type=float, default=20)
@@ -370,16 +415,20 @@ def main():
                         help="Linux: the relays on cores of their own, the upstream and this client on the rest")
     parser.add_argument("--no-naive", dest="naive", action="store_false",
                         help="skip the yardstick: a naive relay (lines in, lines out)")
+    parser.add_argument("--no-nginx", dest="nginx", action="store_false",
+                        help="skip the other yardstick: nginx as a pure proxy (skipped if not installed)")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
         return asyncio.run(serve_upstream(args.serve_upstream))
+    args.paced = [(rate, count) for rate, count in args.paced or DEFAULT_PACED if rate and count]
+    args.nginx = args.nginx and shutil.which("nginx") is not None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-relay-{os.getpid()}.log"
     with open(log_path, "wb") as log:
-        ports, processes = start_servers(log, args.workers, args.naive, args.pin)
+        ports, processes = start_servers(log, args.workers, args.naive, args.nginx, args.pin)
         try:
             pids = {name: process.pid for name, process in processes.items()}
             report = asyncio.run(run(args, ports, pids))
@@ -387,6 +436,8 @@ def main():
             for process in processes.values():
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=15)
+                if hasattr(process, "prefix"):
+                    shutil.rmtree(process.prefix, ignore_errors=True)
     print(f"\n(server logs: {log_path})")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -3,6 +3,7 @@ closed when the client leaves, on every server the kit supports."""
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -593,19 +594,24 @@ def test_a_delta_is_one_event_whatever_it_holds(text):
 
 
 def test_the_benchmark_runs_and_every_relayed_event_arrives(tmp_path):
-    # A small run of bench/relay.py: its own upstream, the kit's relay and the naive
-    # yardstick under gunicorn. Timings are not asserted here, only that it works.
+    # A small run of bench/relay.py: its own upstream, the kit's relay and the two
+    # yardsticks (the naive relay under gunicorn, nginx as a pure proxy where it is
+    # installed). Timings are not asserted here, only that it works.
     report = tmp_path / "relay.json"
     pin = ["--pin"] if len(getattr(os, "sched_getaffinity", lambda _: ())(0)) > 1 else []
     result = subprocess.run(
-        [sys.executable, "bench/relay.py", "--paced", "100", "20", "--burst", "2000", "--streams", "5",
-         "--rate", "20", "--duration", "1", "--json", str(report), *pin],
+        [sys.executable, "bench/relay.py", "--paced", "100", "20", "--paced", "300", "30", "--burst", "2000",
+         "--streams", "5", "--rate", "20", "--duration", "1", "--json", str(report), *pin],
         cwd=ROOT, capture_output=True, text=True, timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "relay added" in result.stdout and "naive added" in result.stdout
+    has_nginx = shutil.which("nginx") is not None
+    assert has_nginx or os.environ.get("KIT_REQUIRE_NGINX") != "1", "KIT_REQUIRE_NGINX is set, and nginx is not on PATH"
+    paths = ["direct", "relay", "naive"] + ["nginx"] * has_nginx
+    assert all(f"{path} added" in result.stdout for path in paths[1:]), result.stdout
     rows = json.loads(report.read_text())
-    assert [row["path"] for row in rows["paced"]] == [row["path"] for row in rows["concurrent"]] == [
-        "direct", "relay", "naive"]
+    assert [(row["rate"], row["path"]) for row in rows["paced"]] == [(rate, path) for rate in (100, 300)
+                                                                      for path in paths]
+    assert [row["path"] for row in rows["concurrent"]] == paths
     for row in rows["paced"] + rows["concurrent"]:
         assert row["completed"] == row["streams"] and not row["errors"], row
     assert rows["burst"][1]["events"] >= 2000  # every event, plus the ending frames
