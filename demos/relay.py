@@ -10,12 +10,16 @@ or the hub at /relay/
 Watch the raw stream: curl -N "http://127.0.0.1:8000/relay/chat?q=3%2B5%3D%3F"
 A real LLM: UPSTREAM_BASE_URL=https://api.openai.com/v1 UPSTREAM_API_KEY=sk-…
 UPSTREAM_MODEL=gpt-4o-mini (any OpenAI-compatible server), or UPSTREAM_DIALECT=dashscope.
-Leaves out on purpose: chat history on the server, tool calls, retries.
+Leaves out on purpose: chat history on the server, tool calls, retries (but one: a
+kept-alive connection the LLM's server closed just as we sent on it).
 """
+import http.cookiejar
 import os
 from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ProtocolError
 from flask import current_app, render_template, request
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
@@ -24,6 +28,7 @@ from demos.relaying import Relay, redact
 
 CONNECT_TIMEOUT = 3.05  # Requests' advice: a little over a multiple of 3 s (TCP's retransmit)
 MAX_TEXT = 8000  # characters per message
+POOL_SIZE = 1000  # idle connections to the LLM kept for the next chats (one per chat at once)
 
 
 def create_app(test_config=None):
@@ -36,6 +41,7 @@ def create_app(test_config=None):
     else:
         app.config.update(test_config)
     check_config(app.config)  # now, not mid-stream
+    session = upstream_session()
     builtin = not app.config["UPSTREAM_BASE_URL"]
     app.logger.info("relay: upstream %s", app.config["UPSTREAM_BASE_URL"] or "the built-in fake LLM")
     if builtin:  # alone, serve the fake LLM at the path the hub gives it
@@ -63,7 +69,7 @@ def create_app(test_config=None):
         show_upstream = request.args.get("debug") == "1"
         if show_upstream and app.config["UPSTREAM_API_KEY"]:  # raw reads can't be masked: a key may span two
             web.fail("debug=1 (the upstream's raw bytes) works only without UPSTREAM_API_KEY: they may quote the key")
-        upstream = open_upstream(app.config, messages, fault, request.environ)
+        upstream = open_upstream(session, app.config, messages, fault, request.environ)
         relay = Relay(upstream, app.config["UPSTREAM_DIALECT"], app.config["UPSTREAM_API_KEY"],
                       app.config["UPSTREAM_TIMEOUT"], show_upstream)
         return sse.event_stream(relay.frames(), encoded=True)  # its finally closes the upstream
@@ -119,7 +125,27 @@ def builtin_url(environ, dialect):
     return own + ("/fake-llm/v1" if dialect == "openai" else "/fake-llm/api/v1")
 
 
-def open_upstream(config, messages, fault, environ):
+def upstream_session():
+    """One connection pool for the app's calls to the LLM: a chat after the first skips
+    the TCP and TLS handshakes (with a real provider, tens to hundreds of ms of time to
+    first token). It keeps no cookies: every user's chat goes through it."""
+    session = requests.Session()
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    adapter = HTTPAdapter(pool_maxsize=POOL_SIZE)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def closed_unanswered(error):
+    """The server closed the connection before a byte of an answer (EOF, reset or broken
+    pipe): what a kept-alive connection does when the server let it go, idle, just as
+    we sent on it. urllib3 checks a pooled connection before reuse, but that is a race."""
+    reason = error.args[0] if error.args else None
+    return isinstance(reason, ProtocolError) and isinstance(reason.args[-1], (ConnectionResetError, BrokenPipeError))
+
+
+def open_upstream(session, config, messages, fault, environ):
     """POST the chat to the LLM, stream=True. Returns the response once its status
     and type say it will stream; any failure before that is the client's HTTP error."""
     dialect, key, timeout = config["UPSTREAM_DIALECT"], config["UPSTREAM_API_KEY"], config["UPSTREAM_TIMEOUT"]
@@ -133,11 +159,20 @@ def open_upstream(config, messages, fault, environ):
     url = (config["UPSTREAM_BASE_URL"] or builtin_url(environ, dialect)) + dialects.PATHS[dialect]
     # Our own fake is reached directly, never through an HTTP_PROXY from the environment.
     proxies = {"http": None, "https": None} if not config["UPSTREAM_BASE_URL"] else None
-    try:
-        upstream = requests.post(url, json=body, headers=headers, stream=True, proxies=proxies,
-                                 timeout=(CONNECT_TIMEOUT, timeout))
-    except requests.RequestException as error:  # refused, unreachable, or no answer in time
-        give_up(f"could not reach the upstream ({type(error).__name__})")
+    for attempt in (1, 2):
+        try:
+            upstream = session.post(url, json=body, headers=headers, stream=True, proxies=proxies,
+                                    timeout=(CONNECT_TIMEOUT, timeout))
+            break
+        except requests.RequestException as error:  # refused, unreachable, or no answer in time
+            if attempt == 1 and closed_unanswered(error):
+                # Closed before a byte of an answer: the server most likely never read the
+                # chat, so ask once more (the openai SDK does too). Its other idle connections
+                # are likely closed as well: forget them (streams in flight go on).
+                current_app.logger.info("relay: a kept-alive connection was closed unanswered; asking again")
+                session.close()
+                continue
+            give_up(f"could not reach the upstream ({type(error).__name__})")
     kind = upstream.headers.get("Content-Type", "")
     if upstream.status_code != 200 or not kind.startswith("text/event-stream"):
         with upstream:

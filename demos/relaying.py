@@ -16,6 +16,7 @@ from demos import dialects, sse
 HEARTBEAT = 0.5  # s: a silent upstream still gets a write to the client this often
 MAILBOX = 256  # frames read but not yet sent: a reader that far ahead waits its turn
 QUIET = b""  # what the watch puts in a quiet relay's mailbox: wake up and ping
+AFTER_ANSWER = 1.0, 65536  # s and bytes: how long and how much of the body to read after the answer
 WATCH_LOCK = threading.Lock()
 LOG = logging.getLogger("demos.relay")  # the relay app's logger (Flask names it after its module)
 
@@ -38,6 +39,7 @@ class Relay:
         self.upstream, self.key, self.timeout, self.show = upstream, key, timeout, show_upstream
         self.convert = dialects.READERS[dialect]
         self.mailbox, self.reading, self.gone, self.timed_out = queue.Queue(MAILBOX), False, False, False
+        self.complete = False  # the whole answer is in the mailbox: the reader reads the body's end
         self.heard = self.sent = time.monotonic()  # the upstream's last read, our last write
         # From here on the watch enforces UPSTREAM_TIMEOUT: a socket timeout starts and
         # cancels a timer on every read: 20,000 a second at 1,000 streams, seen in the p99.
@@ -75,7 +77,8 @@ class Relay:
         self.gone = True
         if not self.reading:
             return self.upstream.close()
-        self.cut()
+        if not self.complete:  # complete: the LLM has stopped already
+            self.cut()
         while not self.mailbox.empty():  # nor may the reader wait for room in the mailbox for ever
             self.mailbox.get_nowait()
 
@@ -95,22 +98,42 @@ class Relay:
                     break
                 self.mailbox.put(frame)  # waits while the mailbox is full: backpressure
                 self.heard = time.monotonic()  # time spent waiting for the client is not the LLM's silence
+            else:
+                self.complete = True
         except Exception as error:  # the upstream broke, went silent, or we stopped it
             if not self.gone:
                 self.mailbox.put(self.relay_error(error))
         finally:
-            self.upstream.close()
             if not self.gone:
-                self.mailbox.put(None)
+                self.mailbox.put(None)  # the client's answer ends here
+            if self.complete:
+                self.read_to_end()
+            self.upstream.close()
 
     def reads(self):
         """The upstream's bytes, each read as it arrives; with debug=1 the page sees them too."""
-        for chunk in self.upstream.iter_content(chunk_size=None):
+        self.body = self.upstream.iter_content(chunk_size=None)
+        for chunk in self.body:
             self.heard = time.monotonic()
             if self.show:
                 text = chunk.decode("utf-8", "backslashreplace")  # a cut character shows as \\xe4
                 self.mailbox.put(sse.format_event(json.dumps(text, ensure_ascii=False), event="upstream").encode())
             yield chunk
+
+    def read_to_end(self):
+        """The answer is complete and on its way to the client, but the body is not over:
+        after OpenAI's `data: [DONE]` comes chunked encoding's last chunk. Reading the
+        rest lets requests put the connection back in its pool for the next chat; a body
+        that goes on, or stalls, costs the connection instead."""
+        seconds, left = AFTER_ANSWER
+        deadline = time.monotonic() + seconds
+        with contextlib.suppress(Exception):  # the client has its answer: nothing to report
+            if (connection := self.upstream.raw.connection) and connection.sock:
+                connection.sock.settimeout(seconds)  # a timer for a read or two, no more
+            for chunk in self.body:
+                left -= len(chunk)
+                if left < 0 or time.monotonic() > deadline:
+                    break
 
     def relay_error(self, error):
         status = 502

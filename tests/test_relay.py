@@ -1,9 +1,12 @@
 """Demo 3: the relay — both dialects, every fault, the key kept secret, the upstream
 closed when the client leaves, on every server the kit supports."""
 import contextlib
+import http.server
 import json
 import os
+import select
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -329,6 +332,107 @@ def test_the_host_header_cannot_steer_the_relay(flask_run):
     response = requests.get(flask_run + "/chat", params={"q": SUM}, timeout=10,
                             headers={"Host": "169.254.169.254:80"})
     assert response.status_code == 200 and text_of(sse.iter_events([response.content])) == SUM_TEXT
+
+
+# --- one connection to the LLM for many chats ------------------------------------------------
+
+class KeepAliveLLM(http.server.ThreadingHTTPServer):
+    """An OpenAI-style upstream on HTTP/1.1 keep-alive, as real providers are, that
+    notes each request's connection (the client's port) and cookie. `drop` closes a
+    reused connection without a word (the race of a server letting an idle connection
+    go just as the client sends on it); `linger` writes comments for that many seconds
+    after `data: [DONE]` before the body's end, and notes when the client hung up."""
+
+    daemon_threads = True
+
+    def __init__(self, drop=False, linger=0.0):
+        self.drop, self.linger, self.requests, self.hung_up = drop, linger, [], []
+        super().__init__(("127.0.0.1", 0), self.Handler)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            server, port = self.server, self.client_address[1]
+            self.rfile.read(int(self.headers["Content-Length"]))
+            reused = any(seen == port for seen, _ in server.requests)
+            server.requests.append((port, self.headers.get("Cookie")))
+            if server.drop and reused:
+                self.close_connection = True  # not a byte of an answer
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Set-Cookie", "llm-session=for-one-user; Path=/")
+            self.end_headers()
+            for piece in ["3 + 5", " = 8"]:
+                self.chunk(f'data: {{"choices":[{{"index":0,"delta":{{"content":"{piece}"}}}}]}}\n\n')
+            self.chunk('data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+            until = time.monotonic() + server.linger
+            while time.monotonic() < until:
+                if select.select([self.connection], [], [], 0.05)[0] and not self.connection.recv(1, socket.MSG_PEEK):
+                    server.hung_up.append(time.monotonic())
+                    self.close_connection = True
+                    return
+                self.chunk(": still here\n\n")
+            self.wfile.write(b"0\r\n\r\n")
+
+        def chunk(self, text):
+            data = text.encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+
+@contextlib.contextmanager
+def relay_to(llm):
+    threading.Thread(target=llm.serve_forever, daemon=True).start()
+    app = relay.create_app({"UPSTREAM_BASE_URL": f"http://127.0.0.1:{llm.server_port}/v1", "UPSTREAM_MODEL": "m"})
+    try:
+        with serving(app) as url:
+            yield url
+    finally:
+        llm.shutdown()
+        llm.server_close()
+
+
+def test_chats_share_one_connection_to_the_llm_and_no_cookies():
+    # A chat after the first skips the TCP (and, with a real provider, TLS) handshake.
+    llm = KeepAliveLLM()
+    with relay_to(llm) as url:
+        for _ in range(3):
+            status, events = chat(url)
+            assert status == 200 and text_of(events) == SUM_TEXT and events[-1].event == "done"
+    ports = {port for port, _ in llm.requests}
+    assert len(llm.requests) == 3 and len(ports) == 1, llm.requests
+    assert [cookie for _, cookie in llm.requests] == [None] * 3  # one user's cookie never goes with another's chat
+
+
+def test_a_connection_closed_unanswered_is_asked_again_afresh():
+    llm = KeepAliveLLM(drop=True)
+    with relay_to(llm) as url:
+        for _ in range(2):
+            status, events = chat(url)
+            assert status == 200 and text_of(events) == SUM_TEXT
+    # The second chat went out on the kept connection, found it closed, and went again on a new one.
+    first, dropped, again = [port for port, _ in llm.requests]
+    assert first == dropped != again
+
+
+def test_a_body_that_goes_on_after_the_answer_keeps_neither_client_nor_connection(monkeypatch):
+    monkeypatch.setattr(relaying, "AFTER_ANSWER", (1.0, 65536))
+    llm = KeepAliveLLM(linger=5)
+    with relay_to(llm) as url:
+        started = time.monotonic()
+        status, events = chat(url)
+        assert status == 200 and text_of(events) == SUM_TEXT and events[-1].event == "done"
+        assert time.monotonic() - started < 0.7  # the client's answer ended at [DONE], not after
+        assert wait_until(lambda: llm.hung_up, timeout=4)  # the relay let the connection go
+        assert llm.hung_up[0] - started < 2.5
+        assert chat(url)[0] == 200
+    assert len({port for port, _ in llm.requests}) == 2
 
 
 # --- over gunicorn: disconnects, the key, python -m demos serve -----------------------------
