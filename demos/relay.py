@@ -11,7 +11,7 @@ Watch the raw stream: curl -N "http://127.0.0.1:8000/relay/chat?q=3%2B5%3D%3F"
 A real LLM: UPSTREAM_BASE_URL=https://api.openai.com/v1 UPSTREAM_API_KEY=sk-…
 UPSTREAM_MODEL=gpt-4o-mini (any OpenAI-compatible server), or UPSTREAM_DIALECT=dashscope.
 Leaves out on purpose: chat history on the server, tool calls, retries (but one: a
-kept-alive connection the LLM's server closed just as we sent on it).
+connection the LLM's server closed without a word, as it does a kept-alive one it let go).
 """
 import http.cookiejar
 import os
@@ -138,9 +138,9 @@ def upstream_session():
 
 
 def closed_unanswered(error):
-    """The server closed the connection before a byte of an answer (EOF, reset or broken
-    pipe): what a kept-alive connection does when the server let it go, idle, just as
-    we sent on it. urllib3 checks a pooled connection before reuse, but that is a race."""
+    """The server closed the connection before a byte of an answer: what a kept-alive
+    connection does when the server let it go, idle, just as we sent on it. (urllib3
+    checks a pooled connection before reuse, but the server may close it a moment later.)"""
     reason = error.args[0] if error.args else None
     return isinstance(reason, ProtocolError) and isinstance(reason.args[-1], (ConnectionResetError, BrokenPipeError))
 
@@ -159,18 +159,16 @@ def open_upstream(session, config, messages, fault, environ):
     url = (config["UPSTREAM_BASE_URL"] or builtin_url(environ, dialect)) + dialects.PATHS[dialect]
     # Our own fake is reached directly, never through an HTTP_PROXY from the environment.
     proxies = {"http": None, "https": None} if not config["UPSTREAM_BASE_URL"] else None
-    for attempt in (1, 2):
+    for post in (session.post, requests.post):  # the second, once, on a connection of its own
         try:
-            upstream = session.post(url, json=body, headers=headers, stream=True, proxies=proxies,
-                                    timeout=(CONNECT_TIMEOUT, timeout))
+            upstream = post(url, json=body, headers=headers, stream=True, proxies=proxies,
+                            timeout=(CONNECT_TIMEOUT, timeout))
             break
         except requests.RequestException as error:  # refused, unreachable, or no answer in time
-            if attempt == 1 and closed_unanswered(error):
-                # Closed before a byte of an answer: the server most likely never read the
-                # chat, so ask once more (the openai SDK does too). Its other idle connections
-                # are likely closed as well: forget them (streams in flight go on).
-                current_app.logger.info("relay: a kept-alive connection was closed unanswered; asking again")
-                session.close()
+            if post == session.post and closed_unanswered(error):
+                # As the openai SDK does. The price: a server that read the chat and then
+                # died without a word gets it twice (a closed idle connection is far likelier).
+                current_app.logger.info("relay: the upstream closed a connection unanswered; asking again")
                 continue
             give_up(f"could not reach the upstream ({type(error).__name__})")
     kind = upstream.headers.get("Content-Type", "")

@@ -16,7 +16,7 @@ from demos import dialects, sse
 HEARTBEAT = 0.5  # s: a silent upstream still gets a write to the client this often
 MAILBOX = 256  # frames read but not yet sent: a reader that far ahead waits its turn
 QUIET = b""  # what the watch puts in a quiet relay's mailbox: wake up and ping
-AFTER_ANSWER = 1.0, 65536  # s and bytes: how long and how much of the body to read after the answer
+AFTER_ANSWER = 1.0, 65536  # s and bytes: how much of the body to read after the answer, at most
 WATCH_LOCK = threading.Lock()
 LOG = logging.getLogger("demos.relay")  # the relay app's logger (Flask names it after its module)
 
@@ -50,7 +50,7 @@ class Relay:
     def frames(self):
         """The response body: all frames ready, in one write; a ping when woken with none."""
         self.reading = True
-        threading.Thread(target=self.pump, daemon=True).start()
+        threading.Thread(target=self.pump, name="relay reader", daemon=True).start()
         self.live.add(self)
         start_watch()
         try:
@@ -112,6 +112,8 @@ class Relay:
 
     def reads(self):
         """The upstream's bytes, each read as it arrives; with debug=1 the page sees them too."""
+        # Kept on self: when the parsing stops at the answer's end, a generator let go
+        # would be closed, and close the connection that read_to_end() means to keep.
         self.body = self.upstream.iter_content(chunk_size=None)
         for chunk in self.body:
             self.heard = time.monotonic()
@@ -129,9 +131,10 @@ class Relay:
         deadline = time.monotonic() + seconds
         with contextlib.suppress(Exception):  # the client has its answer: nothing to report
             if (connection := self.upstream.raw.connection) and connection.sock:
-                connection.sock.settimeout(seconds)  # a timer for a read or two, no more
-            for chunk in self.body:
-                left -= len(chunk)
+                connection.sock.settimeout(seconds)  # each read waits that long at most
+            # In small reads: one read of iter_content(None) is a whole HTTP chunk, however long.
+            for piece in self.upstream.raw.stream(4096):
+                left -= len(piece)
                 if left < 0 or time.monotonic() > deadline:
                     break
 
@@ -172,7 +175,9 @@ def wake_quiet_relays():
 def visit(now):
     for relay in list(Relay.live):
         # A full mailbox: the reader waits for a slow client, not for the LLM.
-        if now - relay.heard > relay.timeout and not relay.timed_out and not relay.mailbox.full():
+        # A complete one: the LLM is done, and its connection may serve another chat by now.
+        if (now - relay.heard > relay.timeout and not relay.timed_out and not relay.mailbox.full()
+                and not relay.complete):
             relay.timed_out = True
             relay.cut()
         if now - relay.sent >= HEARTBEAT:

@@ -340,13 +340,14 @@ class KeepAliveLLM(http.server.ThreadingHTTPServer):
     """An OpenAI-style upstream on HTTP/1.1 keep-alive, as real providers are, that
     notes each request's connection (the client's port) and cookie. `drop` closes a
     reused connection without a word (the race of a server letting an idle connection
-    go just as the client sends on it); `linger` writes comments for that many seconds
-    after `data: [DONE]` before the body's end, and notes when the client hung up."""
+    go just as the client sends on it); `linger` goes on for that many seconds after
+    `data: [DONE]` before the body's end, writing comments or, with `trickle`, a few
+    bytes at a time of one long HTTP chunk, and notes when the client hung up."""
 
     daemon_threads = True
 
-    def __init__(self, drop=False, linger=0.0):
-        self.drop, self.linger, self.requests, self.hung_up = drop, linger, [], []
+    def __init__(self, drop=False, linger=0.0, trickle=False):
+        self.drop, self.linger, self.trickle, self.requests, self.hung_up = drop, linger, trickle, [], []
         super().__init__(("127.0.0.1", 0), self.Handler)
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -372,18 +373,30 @@ class KeepAliveLLM(http.server.ThreadingHTTPServer):
                 self.chunk(f'data: {{"choices":[{{"index":0,"delta":{{"content":"{piece}"}}}}]}}\n\n')
             self.chunk('data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
             until = time.monotonic() + server.linger
+            if server.trickle:
+                self.wfile.write(b"%x\r\n" % (1 << 20))  # a chunk of 1 MiB, 1 KiB at a time
             while time.monotonic() < until:
                 if select.select([self.connection], [], [], 0.05)[0] and not self.connection.recv(1, socket.MSG_PEEK):
                     server.hung_up.append(time.monotonic())
                     self.close_connection = True
                     return
-                self.chunk(": still here\n\n")
+                if server.trickle:
+                    self.wfile.write(b": " + b"x" * 1021 + b"\n")
+                    self.wfile.flush()
+                else:
+                    self.chunk(": still here\n\n")
             self.wfile.write(b"0\r\n\r\n")
 
         def chunk(self, text):
             data = text.encode()
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.wfile.flush()
+
+
+def readers_done():
+    """The relay's reader threads have ended: each has put its connection back in the
+    pool, or closed it, after its client's answer ended."""
+    return wait_until(lambda: not any(thread.name == "relay reader" for thread in threading.enumerate()), 5)
 
 
 @contextlib.contextmanager
@@ -405,6 +418,7 @@ def test_chats_share_one_connection_to_the_llm_and_no_cookies():
         for _ in range(3):
             status, events = chat(url)
             assert status == 200 and text_of(events) == SUM_TEXT and events[-1].event == "done"
+            assert readers_done()
     ports = {port for port, _ in llm.requests}
     assert len(llm.requests) == 3 and len(ports) == 1, llm.requests
     assert [cookie for _, cookie in llm.requests] == [None] * 3  # one user's cookie never goes with another's chat
@@ -416,14 +430,16 @@ def test_a_connection_closed_unanswered_is_asked_again_afresh():
         for _ in range(2):
             status, events = chat(url)
             assert status == 200 and text_of(events) == SUM_TEXT
+            assert readers_done()
     # The second chat went out on the kept connection, found it closed, and went again on a new one.
     first, dropped, again = [port for port, _ in llm.requests]
     assert first == dropped != again
 
 
-def test_a_body_that_goes_on_after_the_answer_keeps_neither_client_nor_connection(monkeypatch):
-    monkeypatch.setattr(relaying, "AFTER_ANSWER", (1.0, 65536))
-    llm = KeepAliveLLM(linger=5)
+@pytest.mark.parametrize("trickle", [False, True], ids=["comments", "one-long-chunk"])
+def test_a_body_that_goes_on_after_the_answer_keeps_neither_client_nor_connection(monkeypatch, trickle):
+    monkeypatch.setattr(relaying, "AFTER_ANSWER", (1.0, 1 << 20))  # the time runs out first
+    llm = KeepAliveLLM(linger=5, trickle=trickle)
     with relay_to(llm) as url:
         started = time.monotonic()
         status, events = chat(url)
@@ -466,35 +482,47 @@ def test_live_relay_under_gunicorn(live_server):
     assert stream.events[-1].event == "done"
 
 
+# A server of their own: a complete chat leaves its connection to the fake in the relay's pool.
+
 @pytest.mark.live
-def test_live_client_abort_closes_the_upstream(live_server):
-    before = fake_streams(live_server)  # a stalled stream of another test may still be open
-    stream = live_events(f"{live_server.url}/relay/chat?q=hello", limit=3)  # then hang up
+def test_live_chats_share_one_connection_to_the_llm(start_server):
+    server = start_server()
+    for _ in range(4):
+        stream = live_events(f"{server.url}/relay/chat?q=3%2B5%3D%3F")
+        assert stream.events[-1].event == "done"
+    assert relay_upstreams(server) == 1  # kept for the next chat (gunicorn lets it go after 2 s idle)
+
+
+@pytest.mark.live
+def test_live_client_abort_closes_the_upstream(start_server):
+    server = start_server()
+    stream = live_events(f"{server.url}/relay/chat?q=hello", limit=3)  # then hang up
     assert text_of(stream.events).startswith("You asked")
-    assert wait_until(lambda: fake_streams(live_server) == before, timeout=2)  # the LLM stopped
-    assert wait_until(lambda: relay_upstreams(live_server) == 0, timeout=2)
+    assert wait_until(lambda: fake_streams(server) == 0, timeout=2)  # the LLM stopped
+    assert wait_until(lambda: relay_upstreams(server) == 0, timeout=2)  # closed, not kept
 
 
 @pytest.mark.live
-def test_live_head_request_calls_no_upstream(live_server):
+def test_live_head_request_calls_no_upstream(start_server):
     """A HEAD used to open the upstream and never close it: the body that owns it
     never starts. curl -I "http://127.0.0.1:8000/relay/chat?q=hi" showed it."""
-    before = fake_streams(live_server)
-    response = requests.head(f"{live_server.url}/relay/chat?q=hello", timeout=5)
+    server = start_server()
+    response = requests.head(f"{server.url}/relay/chat?q=hello", timeout=5)
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/event-stream")
-    assert fake_streams(live_server) == before and relay_upstreams(live_server) == 0
+    assert fake_streams(server) == 0 and relay_upstreams(server) == 0
 
 
 @pytest.mark.live
-def test_live_client_abort_closes_a_silent_upstream(live_server):
+def test_live_client_abort_closes_a_silent_upstream(start_server):
     # The fake stalls: no byte arrives, yet the relay's pings notice the departed client.
-    response = requests.get(f"{live_server.url}/relay/chat", params={"q": "hello", "fault": "stall"},
+    server = start_server()
+    response = requests.get(f"{server.url}/relay/chat", params={"q": "hello", "fault": "stall"},
                             stream=True, timeout=10)
     events = sse.iter_events(response.iter_content(chunk_size=None))
     assert [next(events).event for _ in range(fake_llm.FAULT_AT - 1)] == ["message"] * 2
-    assert relay_upstreams(live_server) == 1
+    assert relay_upstreams(server) == 1
     response.close()
-    assert wait_until(lambda: relay_upstreams(live_server) == 0, timeout=2)
+    assert wait_until(lambda: relay_upstreams(server) == 0, timeout=2)
 
 
 @pytest.mark.live
