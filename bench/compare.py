@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # so `python bench/compare.py` finds demos/
-from demos.sse import EventParser  # noqa: E402
+from streamkit.sse import EventParser  # noqa: E402
 
 LANES = ("poll", "long-poll", "sse")
 COLUMNS = [("lane", 9), ("delivered", 9), ("gaps", 4), ("requests", 8), ("req/msg", 7),

@@ -8,7 +8,7 @@ N greenlets each wait for "a message newer than the one I saw", then count
 themselves and wait again; a publisher announces a new message and we time
 until the last of them has woken. Printed per way of waiting: the median and the
 worst of --ticks announcements, in ms; each measure runs in a fresh process.
-The first two ways are demos/fanout.py's Board itself, the core both fan-out
+The first two ways are streamkit/fanout.py's Board itself, the core both fan-out
 demos use; the others are what it was chosen over.
 
     board       Board.wait(seen): one shared Event, the bell, swapped per post
@@ -35,11 +35,11 @@ import gevent  # noqa: E402
 from gevent.hub import Waiter, get_hub  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # finds demos/ from anywhere
-from demos.fanout import Board  # noqa: E402
+from streamkit.fanout import Board  # noqa: E402
 
 
 class Core:
-    """demos/fanout.py's Board, waited on as demo 5's streams do: no timeout."""
+    """streamkit/fanout.py's Board, waited on as demo 5's streams do: no timeout."""
     timeout = None
 
     def __init__(self):

@@ -45,7 +45,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python bench/workers.py` from anywhere
-from demos import sse  # noqa: E402  (the kit's own SSE parser)
+from streamkit import sse  # noqa: E402  (the kit's own SSE parser)
 
 INTERVAL = 0.25  # seconds between events of every stream here
 

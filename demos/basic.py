@@ -12,7 +12,7 @@ import time
 
 from flask import Response, render_template
 
-from demos import sse, web
+from streamkit import sse, web
 
 MAX_LIFETIME = 600  # seconds: a demo stream should not outlive the workshop
 

@@ -18,7 +18,7 @@ import re
 
 from flask import jsonify, render_template, request
 
-from demos import brokers, sse, web
+from streamkit import brokers, sse, web
 
 CHANNEL = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 SAMPLE = '{"channel": "main", "message": "hello"}'

@@ -18,8 +18,8 @@ import time
 
 from flask import jsonify, render_template, request
 
-from demos import sse, web
-from demos.ticker import Ticker
+from streamkit import sse, web
+from streamkit.ticker import Ticker
 
 MAX_ID = 10**9
 LANES = {"poll": "poll", "long_poll": "long-poll", "stream": "sse"}  # view → lane

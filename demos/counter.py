@@ -16,7 +16,7 @@ import time
 
 from flask import jsonify, render_template, request
 
-from demos import sse, web
+from streamkit import sse, web
 
 RETRY_MS = 2000  # how long EventSource waits before it reconnects
 RUNNING = set()  # producers still counting: the page and the tests watch it

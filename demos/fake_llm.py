@@ -19,7 +19,7 @@ import time
 
 from flask import render_template, request
 
-from demos import dialects, sse, web
+from streamkit import llm, sse, web
 
 MODEL = "fake-llm"
 FAULTS = {  # X-Fake-Fault: value → what the upstream does (the relay page offers these)
@@ -108,16 +108,16 @@ def create_app(test_config=None):
         fault = read_fault()
         if fault in ("401", "429", "500"):
             status = int(fault)
-            return dialects.error_body(dialect, status, HTTP_FAULTS[status]), status, (
+            return llm.error_body(dialect, status, HTTP_FAULTS[status]), status, (
                 {"Retry-After": "1"} if status == 429 else {})
         pieces, finish = reply(messages, max_tokens)
         usage = count_usage(messages, pieces)
         if not stream:
-            return dialects.answer(dialect, pieces, finish, model, usage)
+            return llm.answer(dialect, pieces, finish, model, usage)
         if dialect == "openai":
-            frames = dialects.openai_stream(pieces, finish, model, usage if include_usage else None, delay)
+            frames = llm.openai_stream(pieces, finish, model, usage if include_usage else None, delay)
         else:
-            frames = dialects.dashscope_stream(pieces, finish, usage, delay)
+            frames = llm.dashscope_stream(pieces, finish, usage, delay)
         return sse.event_stream(counted(with_fault(frames, fault, dialect, request.environ, delay)))
 
     return app
@@ -188,7 +188,7 @@ def with_fault(frames, fault, dialect, environ, delay):
             yield ('data: {"choices":[{"delta":{"content":"cut sh\n\n' if dialect == "openai"
                    else 'id:0\nevent:result\ndata:{"output":{"text":"cut sh\n\n')
         if n == FAULT_AT and fault == "error-event":
-            yield dialects.error_event(dialect, "The model crashed (simulated).")
+            yield llm.error_event(dialect, "The model crashed (simulated).")
             return
         if fault == "nospace":
             frame = re.sub(r"(?m)^data: ", "data:", frame)

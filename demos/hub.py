@@ -2,7 +2,8 @@
 from flask import render_template
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from demos import basic, broadcast, compare, counter, fake_llm, pitfalls, relay, web
+from demos import basic, broadcast, compare, counter, fake_llm, pitfalls, relay
+from streamkit import web
 
 # prefix → demo module, in reading order (the index and tutorial.md follow it)
 DEMOS = {

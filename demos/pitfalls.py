@@ -21,7 +21,7 @@ import zlib
 from flask import Response, jsonify, render_template, request
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from demos import sse, web
+from streamkit import sse, web
 
 RUNNING = set()  # streams whose generator has not finished: the page shows the count
 

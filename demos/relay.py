@@ -23,8 +23,9 @@ from urllib3.exceptions import ProtocolError
 from flask import current_app, render_template, request
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from demos import dialects, fake_llm, sse, web
-from demos.relaying import Relay, redact
+from demos import fake_llm
+from streamkit import llm, sse, web
+from streamkit.relaying import Relay, redact
 
 CONNECT_TIMEOUT = 3.05  # Requests' advice: a little over a multiple of 3 s (TCP's retransmit)
 MAX_TEXT = 8000  # characters per message
@@ -80,7 +81,7 @@ def create_app(test_config=None):
 def check_config(config):
     """Refuse to start with settings that could only fail later, mid-stream."""
     base, dialect = config["UPSTREAM_BASE_URL"].rstrip("/"), config["UPSTREAM_DIALECT"]
-    if dialect not in dialects.PATHS:
+    if dialect not in llm.PATHS:
         raise ValueError(f"UPSTREAM_DIALECT must be openai or dashscope, got {dialect!r}")
     parts = urlsplit(base)
     if parts.username or parts.password:
@@ -149,14 +150,14 @@ def open_upstream(session, config, messages, fault, environ):
     """POST the chat to the LLM, stream=True. Returns the response once its status
     and type say it will stream; any failure before that is the client's HTTP error."""
     dialect, key, timeout = config["UPSTREAM_DIALECT"], config["UPSTREAM_API_KEY"], config["UPSTREAM_TIMEOUT"]
-    extra, body = dialects.request_for(dialect, config["UPSTREAM_MODEL"] or fake_llm.MODEL, messages)
+    extra, body = llm.request_for(dialect, config["UPSTREAM_MODEL"] or fake_llm.MODEL, messages)
     # identity: a compressed stream would arrive in bursts, whenever the compressor flushes
     headers = {"Accept": "text/event-stream", "Accept-Encoding": "identity", **extra}
     if key:
         headers["Authorization"] = f"Bearer {key}"
     if fault:
         headers["X-Fake-Fault"] = fault
-    url = (config["UPSTREAM_BASE_URL"] or builtin_url(environ, dialect)) + dialects.PATHS[dialect]
+    url = (config["UPSTREAM_BASE_URL"] or builtin_url(environ, dialect)) + llm.PATHS[dialect]
     # Our own fake is reached directly, never through an HTTP_PROXY from the environment.
     proxies = {"http": None, "https": None} if not config["UPSTREAM_BASE_URL"] else None
     for post in (session.post, requests.post):  # the second, once, on a connection of its own
@@ -174,7 +175,7 @@ def open_upstream(session, config, messages, fault, environ):
     kind = upstream.headers.get("Content-Type", "")
     if upstream.status_code != 200 or not kind.startswith("text/event-stream"):
         with upstream:
-            said = (dialects.error_message(upstream.raw.read(65536, decode_content=True))
+            said = (llm.error_message(upstream.raw.read(65536, decode_content=True))
                     if upstream.status_code != 200 else f"{kind}, not an event stream")
         status = upstream.status_code if upstream.status_code in (401, 429) else 502
         give_up(redact(f"the upstream answered {upstream.status_code}: {said}", key), status)

@@ -105,7 +105,7 @@ async function send(event) {
   }
 }
 
-// The rules of demos/sse.py's EventParser, enough for the relay's own output:
+// The rules of streamkit/sse.py's EventParser, enough for the relay's own output:
 // lines end at LF, CRLF or CR; `:` starts a comment; a blank line dispatches.
 function eventParser(onEvent) {
   let buffer = "", data = [], type = "";

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from demos import sse
+from streamkit import sse
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_FLAGS = [  # no sandbox as root; no background traffic to a network we don't have

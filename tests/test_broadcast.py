@@ -6,7 +6,8 @@ import pytest
 import redis
 import requests
 
-from demos import broadcast, fanout, sse
+from demos import broadcast
+from streamkit import fanout, sse
 from tests.conftest import (LiveServer, RedisServer, free_port, live_events, read_events,
                             redis_executable, wait_until)
 

@@ -14,7 +14,7 @@ import requests
 
 from bench import compare as bench
 from demos import compare
-from demos.ticker import Ticker
+from streamkit.ticker import Ticker
 from tests.conftest import ROOT, LiveServer, live_events, read_events, wait_until
 
 QUIET = {"TESTING": True, "COMPARE_RATE_HZ": 0.01}  # the ticker stays silent: tests publish

@@ -8,7 +8,8 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from demos import fake_llm, sse
+from demos import fake_llm
+from streamkit import sse
 from tests.conftest import wait_until
 
 SUM = [{"role": "user", "content": "3+5=?"}]

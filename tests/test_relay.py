@@ -19,7 +19,8 @@ from flask import Flask, Response
 from flask import request as incoming
 from werkzeug.serving import make_server
 
-from demos import dialects, fake_llm, relay, relaying, sse
+from demos import fake_llm, relay
+from streamkit import llm, relaying, sse
 from tests.conftest import ROOT, LiveServer, free_port, live_events, wait_until
 
 SUM, SUM_TEXT = "3+5=?", "3 + 5 = 8"
@@ -170,7 +171,7 @@ def test_openai_chunks_become_deltas_usage_and_done():
             'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
             "data: [DONE]\n\n")
     # Frames are bytes, encoded once: the response writes them as they are.
-    assert b"".join(dialects.from_openai(events_of(wire))).decode() == (
+    assert b"".join(llm.from_openai(events_of(wire))).decode() == (
         'data: {"content": "Hi"}\n\ndata: {"content": " 你"}\n\n'
         'event: usage\ndata: {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}\n\n'
         "event: done\ndata: [DONE]\n\n")
@@ -179,7 +180,7 @@ def test_openai_chunks_become_deltas_usage_and_done():
 def test_openai_without_usage_or_done():
     # No usage chunk: no usage event. A finish_reason but no [DONE] (some servers): still done.
     wire = 'data: {"choices":[{"delta":{"content":"a"},"finish_reason":"stop"}]}\n\n'
-    assert list(dialects.from_openai(events_of(wire))) == [b'data: {"content": "a"}\n\n', dialects.DONE]
+    assert list(llm.from_openai(events_of(wire))) == [b'data: {"content": "a"}\n\n', llm.DONE]
 
 
 @pytest.mark.parametrize("wire, message", [
@@ -187,8 +188,8 @@ def test_openai_without_usage_or_done():
     ('data: {"error":{"message":"overloaded"}}\n\n', "the upstream failed: overloaded"),
 ])
 def test_openai_failures(wire, message):
-    with pytest.raises(dialects.UpstreamError, match=message):
-        list(dialects.from_openai(events_of(wire)))
+    with pytest.raises(llm.UpstreamError, match=message):
+        list(llm.from_openai(events_of(wire)))
 
 
 def test_dashscope_whole_texts_become_deltas():
@@ -197,11 +198,11 @@ def test_dashscope_whole_texts_become_deltas():
         f'id:{n}\nevent:result\n:HTTP_STATUS/200\ndata:{{"output":{{"finish_reason":"{finish}","text":"{text}"}},'
         f'"usage":{{"output_tokens":{n},"input_tokens":85}},"request_id":"r"}}\n\n'
         for n, (text, finish) in enumerate(zip(texts, ["null", "null", "stop"]), 1))
-    frames = [frame.decode() for frame in dialects.from_dashscope(events_of(wire))]
+    frames = [frame.decode() for frame in llm.from_dashscope(events_of(wire))]
     assert [json.loads(frame[6:])["content"] for frame in frames[:3]] == ["最近", "的公园", "是公园。"]
     assert json.loads(frames[3].split("data: ")[1]) == {
         "prompt_tokens": 85, "completion_tokens": 3, "total_tokens": 88}
-    assert frames[4] == dialects.DONE.decode()
+    assert frames[4] == llm.DONE.decode()
 
 
 @pytest.mark.parametrize("wire, message", [
@@ -212,8 +213,8 @@ def test_dashscope_whole_texts_become_deltas():
     ('event:result\ndata:{"output":{"text":"ab","finish_reason":"null"}}\n\n', "ended the stream before"),
 ])
 def test_dashscope_failures(wire, message):
-    with pytest.raises(dialects.UpstreamError, match=message):
-        list(dialects.from_dashscope(events_of(wire)))
+    with pytest.raises(llm.UpstreamError, match=message):
+        list(llm.from_dashscope(events_of(wire)))
 
 
 # --- over real HTTP: the relay alone under `flask run`'s server -----------------------------
@@ -720,7 +721,7 @@ def test_eventsource_without_close_asks_again(chat_page):
 def test_a_delta_is_one_event_whatever_it_holds(text):
     # content() skips format_event's line splitting: json.dumps escapes every line
     # break, so no token can end the frame early or forge a field.
-    events = sse.EventParser().feed(dialects.content(text))
+    events = sse.EventParser().feed(llm.content(text))
     assert len(events) == 1 and events[0].event == "message"
     assert json.loads(events[0].data) == {"content": text}
 

@@ -1,12 +1,12 @@
-"""The encoder and the parser of demos/sse.py, against exact wire text."""
+"""The encoder and the parser of streamkit/sse.py, against exact wire text."""
 import queue
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from demos import sse
-from demos.sse import Event, EventParser, format_event
+from streamkit import sse
+from streamkit.sse import Event, EventParser, format_event
 
 
 @pytest.mark.parametrize("kwargs, wire", [

@@ -1,4 +1,4 @@
-"""Demo 5's publisher: a Board (demos/fanout.py) with a thread that posts to it.
+"""Demo 5's publisher: a Board (streamkit/fanout.py) with a thread that posts to it.
 
 Each tick posts a Message: its JSON data for the polling lanes and its SSE frame
 for the streams, both made once for every client. Every stream of this demo has
@@ -12,8 +12,8 @@ import threading
 import time
 from typing import NamedTuple
 
-from demos import sse
-from demos.fanout import Board
+from streamkit import sse
+from streamkit.fanout import Board
 
 
 JITTER = random.Random()  # our own generator: the global one belongs to the app's code

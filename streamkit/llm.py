@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 
-from demos import sse
+from streamkit import sse
 
 PATHS = {"openai": "/chat/completions", "dashscope": "/services/aigc/text-generation/generation"}
 DONE = sse.format_event("[DONE]", event="done").encode()

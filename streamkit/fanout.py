@@ -21,7 +21,7 @@ import os
 import threading
 import time
 
-from demos import sse
+from streamkit import sse
 
 BACKLOG = 256  # frames a channel keeps for a subscriber that fell behind
 

@@ -11,7 +11,7 @@ import time
 import requests
 from urllib3.exceptions import ReadTimeoutError
 
-from demos import dialects, sse
+from streamkit import llm, sse
 
 HEARTBEAT = 0.5  # s: a silent upstream still gets a write to the client this often
 MAILBOX = 256  # frames read but not yet sent: a reader that far ahead waits its turn
@@ -37,7 +37,7 @@ class Relay:
 
     def __init__(self, upstream, dialect, key, timeout, show_upstream=False):
         self.upstream, self.key, self.timeout, self.show = upstream, key, timeout, show_upstream
-        self.convert = dialects.READERS[dialect]
+        self.convert = llm.READERS[dialect]
         self.mailbox, self.reading, self.gone, self.timed_out = queue.Queue(MAILBOX), False, False, False
         self.complete = False  # the whole answer is in the mailbox: the reader reads the body's end
         self.heard = self.sent = time.monotonic()  # the upstream's last read, our last write
@@ -140,7 +140,7 @@ class Relay:
 
     def relay_error(self, error):
         status = 502
-        if isinstance(error, dialects.UpstreamError):
+        if isinstance(error, llm.UpstreamError):
             message = str(error)
         elif self.timed_out or error.args and isinstance(error.args[0], ReadTimeoutError):
             message, status = "the upstream went silent for longer than UPSTREAM_TIMEOUT", 504

@@ -1,6 +1,6 @@
 """The two brokers behind the broadcast demo: where a published message goes.
 
-MemoryBroker posts it straight to this worker's Fanout (demos/fanout.py): one
+MemoryBroker posts it straight to this worker's Fanout (streamkit/fanout.py): one
 worker only. RedisBroker sends it to Redis; one listener per worker, on one
 pub/sub connection, posts every message that comes back to its own Fanout. Both
 offer the same three calls: publish(channel, message) -> (id, ts),
@@ -13,8 +13,8 @@ import socket
 import threading
 import time
 
-from demos import sse
-from demos.fanout import Fanout, message_frame, notice_frame
+from streamkit import sse
+from streamkit.fanout import Fanout, message_frame, notice_frame
 
 MAX_CHANNELS = 1000  # id counters the memory broker keeps for channels nobody watches
 log = logging.getLogger(__name__)
