@@ -13,7 +13,6 @@ Leaves out on purpose: history. Pub/sub forgets: a subscriber that was away miss
 what was published meanwhile, and Last-Event-ID is ignored (tutorial chapter 5).
 """
 import hmac
-import os
 import re
 
 from flask import jsonify, render_template, request
@@ -25,11 +24,8 @@ SAMPLE = '{"channel": "main", "message": "hello"}'
 
 
 def create_app(test_config=None):
-    app = web.new_app(__name__, test_config)
+    app = web.new_app(__name__, test_config, ["REDIS_URL", "BROADCAST_TOKEN"])
     app.config.setdefault("BROADCAST_MAX_MESSAGE", 4096)  # bytes of UTF-8
-    if test_config is None:
-        app.config.update(REDIS_URL=os.environ.get("REDIS_URL"),
-                          BROADCAST_TOKEN=os.environ.get("BROADCAST_TOKEN"))
     # Checked now, connected on first use: from_url() parses, it does not connect.
     broker = brokers.from_url(app.config.get("REDIS_URL"))
     token = app.config.get("BROADCAST_TOKEN")

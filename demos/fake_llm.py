@@ -12,7 +12,6 @@ Watch the raw stream: curl -N http://127.0.0.1:8000/fake-llm/v1/chat/completions
   -d '{"model": "fake-llm", "stream": true, "messages": [{"role": "user", "content": "3+5=?"}]}'
 Leaves out on purpose: any actual language model, tools, images, several choices.
 """
-import os
 import re
 import socket
 import time
@@ -52,19 +51,8 @@ CHINESE = ("你好！我是工作坊内置的假模型：每个回答都在本�
 
 
 def create_app(test_config=None):
-    app = web.new_app(__name__)
-    app.config.from_mapping(FAKE_LLM_DELAY_MS=30)
-    if test_config is None:
-        app.config["FAKE_LLM_DELAY_MS"] = os.environ.get("FAKE_LLM_DELAY_MS", 30)
-    else:
-        app.config.update(test_config)
-    delay_ms = app.config["FAKE_LLM_DELAY_MS"]
-    try:
-        delay = float(delay_ms) / 1000
-    except ValueError:
-        delay = -1
-    if not 0 <= delay <= 10:
-        raise ValueError(f"FAKE_LLM_DELAY_MS must be 0 to 10000 milliseconds, got {delay_ms!r}")
+    app = web.new_app(__name__, test_config, ["FAKE_LLM_DELAY_MS"])
+    delay = app.config["FAKE_LLM_DELAY_MS"] / 1000
 
     @app.get("/")
     def index():

@@ -1,22 +1,39 @@
 """The Flask plumbing every demo shares: the app skeleton, JSON errors, checked parameters."""
+import os
+
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, abort
 
-MAX_BODY = 64 * 1024  # SPEC: bodies over 64 KiB are refused with 413
+from streamkit import settings
+
+MAX_BODY = 64 * 1024  # bodies over 64 KiB are refused with 413
 
 
-def new_app(import_name, test_config=None):
-    """A demo's Flask app: shared templates and static files, JSON errors.
+def new_app(import_name, test_config=None, names=()):
+    """A demo's Flask app: shared templates and static files, JSON errors, and the
+    settings `names` (streamkit/settings.py) from the environment, or from
+    `test_config` in tests, checked now rather than mid-stream.
 
     Every demo serves its own copy of /static, so a page's url_for() links stay
     right whether the demo runs alone or mounted under the hub's prefix.
     """
     app = Flask(import_name, template_folder="../templates", static_folder="../static")
     app.config.from_mapping(MAX_CONTENT_LENGTH=MAX_BODY)
-    if test_config:
-        app.config.update(test_config)
+    app.config.from_mapping(settings.read(names, os.environ if test_config is None else {}))
+    app.config.update(test_config or {})
+    for name in names:
+        app.config[name] = settings.parse(name, app.config[name])
     app.register_error_handler(HTTPException, _json_error)
+    app.after_request(_no_type_without_body)
     return app
+
+
+def _no_type_without_body(response):
+    # Flask labels every response text/html, even a 204 with no body at all; some
+    # SSE clients (httpx-sse) take that label on a stream's end for an error.
+    if response.status_code in (204, 304):
+        response.headers.pop("Content-Type", None)
+    return response
 
 
 def _json_error(error):

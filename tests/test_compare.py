@@ -226,7 +226,7 @@ def test_bad_input(client, url, headers, message):
 
 @pytest.mark.parametrize("rate", [0, 101, "fast", None])
 def test_bad_rate_is_refused_at_startup(rate):
-    with pytest.raises(ValueError, match="COMPARE_RATE_HZ must be messages per second from 0.01 to 100"):
+    with pytest.raises(ValueError, match="COMPARE_RATE_HZ must be a number of messages per second from 0.01 to 100"):
         compare.create_app({"TESTING": True, "COMPARE_RATE_HZ": rate})
 
 

@@ -139,7 +139,7 @@ def test_delay_paces_the_tokens():
 
 @pytest.mark.parametrize("value", ["x", "-1", 10001])
 def test_delay_is_checked_at_startup(value):
-    with pytest.raises(ValueError, match="FAKE_LLM_DELAY_MS must be 0 to 10000"):
+    with pytest.raises(ValueError, match="FAKE_LLM_DELAY_MS must be a number of milliseconds from 0 to 10000"):
         fake_llm.create_app({"FAKE_LLM_DELAY_MS": value})
 
 

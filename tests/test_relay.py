@@ -22,6 +22,7 @@ from werkzeug.serving import make_server
 from demos import fake_llm, relay
 from streamkit import llm, relaying, sse
 from tests.conftest import ROOT, LiveServer, free_port, live_events, wait_until
+from tests.snippets import source
 
 SUM, SUM_TEXT = "3+5=?", "3 + 5 = 8"
 KEY = "sk-test-Zq81-never-shown-anywhere"
@@ -52,9 +53,15 @@ def client():
     return relay.create_app({"TESTING": True}).test_client()
 
 
-def chat(base, prompt=SUM, method="POST", proxies=None, **params):
+@pytest.fixture(params=["chat", "simple"])
+def relay_path(request):
+    """Both relays: the production one (/chat) and the simple one (/simple) share a wire."""
+    return request.param
+
+
+def chat(base, prompt=SUM, method="POST", proxies=None, path="chat", **params):
     """Ask the relay; return (status, events) for a stream or (status, JSON) for an error."""
-    url = base + "/chat"
+    url = f"{base}/{path}"
     if method == "GET":
         response = requests.get(url, params={"q": prompt, **params}, stream=True, timeout=10)
     else:
@@ -89,14 +96,14 @@ def test_page_with_a_real_provider_shows_no_key_and_no_faults():
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"UPSTREAM_DIALECT": "anthropic"}, "UPSTREAM_DIALECT must be openai or dashscope"),
-    ({"UPSTREAM_BASE_URL": "api.openai.com/v1", "UPSTREAM_MODEL": "m"}, "UPSTREAM_BASE_URL must look like"),
-    ({"UPSTREAM_BASE_URL": "ftp://x/v1", "UPSTREAM_MODEL": "m"}, "UPSTREAM_BASE_URL must look like"),
+    ({"UPSTREAM_DIALECT": "anthropic"}, "UPSTREAM_DIALECT must be one of openai, dashscope"),
+    ({"UPSTREAM_BASE_URL": "api.openai.com/v1", "UPSTREAM_MODEL": "m"}, "UPSTREAM_BASE_URL must be an http\\(s\\) URL"),
+    ({"UPSTREAM_BASE_URL": "ftp://x/v1", "UPSTREAM_MODEL": "m"}, "UPSTREAM_BASE_URL must be an http\\(s\\) URL"),
     ({"UPSTREAM_BASE_URL": f"https://me:{KEY}@x/v1", "UPSTREAM_MODEL": "m"}, "UPSTREAM_BASE_URL must not hold"),
     ({"UPSTREAM_BASE_URL": "https://x/v1"}, "UPSTREAM_MODEL is required"),
     ({"UPSTREAM_API_KEY": KEY}, "UPSTREAM_API_KEY is set without UPSTREAM_BASE_URL"),
-    ({"UPSTREAM_TIMEOUT": "soon"}, "UPSTREAM_TIMEOUT must be 0.1 to 600"),
-    ({"UPSTREAM_TIMEOUT": "0"}, "UPSTREAM_TIMEOUT must be 0.1 to 600"),
+    ({"UPSTREAM_TIMEOUT": "soon"}, "UPSTREAM_TIMEOUT must be a number of seconds from 0.1 to 600"),
+    ({"UPSTREAM_TIMEOUT": "0"}, "UPSTREAM_TIMEOUT must be a number of seconds from 0.1 to 600"),
 ])
 def test_settings_are_checked_at_startup(config, message):
     with pytest.raises(ValueError, match=message) as refused:
@@ -126,8 +133,9 @@ def test_settings_come_from_the_environment(monkeypatch):
     ({"json": {"messages": [{"role": "user", "content": "x"}]}, "query_string": {"fault": "boom"}},
      "fault must be one of"),
 ])
-def test_bad_input(client, kwargs, message):
-    response = client.open("/chat", method=kwargs.pop("method", "POST"), **kwargs)
+def test_bad_input(client, relay_path, kwargs, message):
+    kwargs = dict(kwargs)  # the table is shared by both relays
+    response = client.open(f"/{relay_path}", method=kwargs.pop("method", "POST"), **kwargs)
     assert response.status_code == 400
     assert response.get_json()["error"].startswith(message)
 
@@ -220,8 +228,8 @@ def test_dashscope_failures(wire, message):
 # --- over real HTTP: the relay alone under `flask run`'s server -----------------------------
 
 @pytest.mark.parametrize("method", ["POST", "GET"])
-def test_relays_the_answer(flask_run, method):
-    status, events = chat(flask_run, method=method)
+def test_relays_the_answer(flask_run, relay_path, method):
+    status, events = chat(flask_run, method=method, path=relay_path)
     assert status == 200
     assert text_of(events) == SUM_TEXT
     assert [event.event for event in events[-2:]] == ["usage", "done"]
@@ -229,9 +237,9 @@ def test_relays_the_answer(flask_run, method):
     assert events[-1].data == "[DONE]"
 
 
-def test_first_bytes_go_out_at_once(flask_run):
+def test_first_bytes_go_out_at_once(flask_run, relay_path):
     # Before the first token: a slow model must not leave the client without headers.
-    response = requests.get(flask_run + "/chat", params={"q": SUM}, stream=True, timeout=10)
+    response = requests.get(f"{flask_run}/{relay_path}", params={"q": SUM}, stream=True, timeout=10)
     with response:
         assert next(response.iter_content(chunk_size=None)) == sse.PING.encode()
 
@@ -277,14 +285,14 @@ def test_a_slow_client_is_not_taken_for_a_silent_upstream():
             upstream.close()
 
 
-def test_relays_chinese_across_split_reads(flask_run):
-    status, events = chat(flask_run, "你好", fault="split")
+def test_relays_chinese_across_split_reads(flask_run, relay_path):
+    status, events = chat(flask_run, "你好", fault="split", path=relay_path)
     assert status == 200 and text_of(events) == fake_llm.CHINESE
 
 
 @pytest.mark.parametrize("fault", ["nospace", "crlf", "split"])
-def test_valid_but_unusual_wire_gives_the_right_text(flask_run, fault):
-    status, events = chat(flask_run, fault=fault)
+def test_valid_but_unusual_wire_gives_the_right_text(flask_run, relay_path, fault):
+    status, events = chat(flask_run, fault=fault, path=relay_path)
     assert status == 200 and text_of(events) == SUM_TEXT and events[-1].event == "done"
 
 
@@ -293,9 +301,9 @@ def test_valid_but_unusual_wire_gives_the_right_text(flask_run, fault):
     ("429", 429, "the upstream answered 429: Rate limit reached (simulated)."),
     ("500", 502, "the upstream answered 500: The server had an error"),
 ])
-def test_errors_before_the_first_byte_are_http_statuses(flask_run, fault, status, message):
+def test_errors_before_the_first_byte_are_http_statuses(flask_run, relay_path, fault, status, message):
     for method in ("POST", "GET"):
-        got, body = chat(flask_run, method=method, fault=fault)
+        got, body = chat(flask_run, method=method, fault=fault, path=relay_path)
         assert got == status and body["error"].startswith(message)
 
 
@@ -305,8 +313,8 @@ def test_errors_before_the_first_byte_are_http_statuses(flask_run, fault, status
     ("malformed", "the upstream sent an event the relay could not read", 502),
     ("error-event", "the upstream failed: The model crashed (simulated).", 502),
 ])
-def test_errors_mid_stream_are_relay_error_events(flask_run, fault, message, status):
-    got, events = chat(flask_run, "hello", fault=fault)
+def test_errors_mid_stream_are_relay_error_events(flask_run, relay_path, fault, message, status):
+    got, events = chat(flask_run, "hello", fault=fault, path=relay_path)
     assert got == 200
     assert text_of(events).startswith("You asked")  # what arrived before the fault was relayed
     assert [event.event for event in events[-1:]] == ["relay-error"]  # and then the end, no done
@@ -320,17 +328,17 @@ def test_debug_shows_the_upstream_reads(flask_run):
     assert text_of(events) == SUM_TEXT
 
 
-def test_the_fake_is_reached_without_an_environment_proxy(flask_run, monkeypatch):
+def test_the_fake_is_reached_without_an_environment_proxy(flask_run, relay_path, monkeypatch):
     # Behind a corporate proxy HTTP_PROXY is set, and would catch our call to ourselves.
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("NO_PROXY", "")
-    status, events = chat(flask_run, proxies={"http": None})  # our own request goes direct
+    status, events = chat(flask_run, proxies={"http": None}, path=relay_path)  # our own request goes direct
     assert status == 200 and text_of(events) == SUM_TEXT
 
 
-def test_the_host_header_cannot_steer_the_relay(flask_run):
+def test_the_host_header_cannot_steer_the_relay(flask_run, relay_path):
     # The fake LLM is called at the address the server listens on, whatever Host says.
-    response = requests.get(flask_run + "/chat", params={"q": SUM}, timeout=10,
+    response = requests.get(f"{flask_run}/{relay_path}", params={"q": SUM}, timeout=10,
                             headers={"Host": "169.254.169.254:80"})
     assert response.status_code == 200 and text_of(sse.iter_events([response.content])) == SUM_TEXT
 
@@ -524,6 +532,50 @@ def test_live_client_abort_closes_a_silent_upstream(start_server):
     assert relay_upstreams(server) == 1
     response.close()
     assert wait_until(lambda: relay_upstreams(server) == 0, timeout=2)
+
+
+def test_the_simple_relay_is_one_short_view_and_one_generator():
+    # The chapter opens with it whole: it must stay small enough to read in one go.
+    lines = source("demos/relay.py", "create_app.simple", "relay_simply").splitlines()
+    assert len(lines) <= 40, len(lines)
+    assert "requests.post(" in "\n".join(lines) and "finally:" in "\n".join(lines)
+
+
+@pytest.mark.live
+def test_live_simple_relay_abort_closes_the_upstream(start_server):
+    server = start_server()
+    stream = live_events(f"{server.url}/relay/simple?q=hello", limit=3)  # then hang up
+    assert text_of(stream.events).startswith("You asked")
+    assert wait_until(lambda: fake_streams(server) == 0, timeout=2)  # the LLM stopped
+    assert wait_until(lambda: relay_upstreams(server) == 0, timeout=2)
+
+
+@pytest.mark.live
+def test_live_only_the_production_relay_notices_a_departed_client_while_the_llm_is_silent(start_server):
+    """The difference the relay page shows with the `stall` fault: the simple relay's
+    generator is blocked reading a silent LLM, writes nothing, and so learns that its
+    client left only when the LLM speaks again or UPSTREAM_TIMEOUT runs out; the
+    production relay pings every 0.5 s and lets the LLM go at once."""
+    server = start_server(env={"UPSTREAM_TIMEOUT": "4"})
+    for path, held in (("chat", False), ("simple", True)):
+        response = requests.get(f"{server.url}/relay/{path}", params={"q": "hello", "fault": "stall"},
+                                stream=True, timeout=10)
+        events = sse.iter_events(response.iter_content(chunk_size=None))
+        assert [next(events).event for _ in range(fake_llm.FAULT_AT - 1)] == ["message"] * 2
+        assert wait_until(lambda: relay_upstreams(server) == 1, timeout=2)
+        response.close()
+        released = wait_until(lambda: relay_upstreams(server) == 0, timeout=2)
+        assert released is not held, path
+        if held:  # until the timeout, which a silent LLM does not outlast
+            assert wait_until(lambda: relay_upstreams(server) == 0, timeout=5)
+
+
+@pytest.mark.live
+def test_live_head_request_to_the_simple_relay_keeps_no_upstream(start_server):
+    server = start_server()
+    response = requests.head(f"{server.url}/relay/simple?q=hello", timeout=5)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/event-stream")
+    assert wait_until(lambda: relay_upstreams(server) == 0 and fake_streams(server) == 0, timeout=2)
 
 
 @pytest.mark.live
