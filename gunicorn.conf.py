@@ -1,30 +1,42 @@
 """gunicorn settings for a streaming server: `gunicorn -c gunicorn.conf.py`.
 
-Imports nothing from the kit: the gevent worker must monkey-patch the standard
-library before any demo imports `requests`, `ssl` or `socket`.
+It imports one module of the kit, streamkit/settings.py, which uses only the
+standard library's `os` and `urllib.parse`: the gevent worker must monkey-patch
+the standard library before any demo imports `requests`, `ssl` or `socket`.
 """
+import errno
 import os
 import resource
+import socket
+import sys
+
+from streamkit import settings
+
+try:  # a bad setting stops the server now, in one line, before any worker starts
+    SETTINGS = settings.check()
+except settings.SettingError as error:
+    sys.exit(f"Cannot start: {error}")
 
 wsgi_app = "demos.hub:app"
 
 # Loopback unless told otherwise: a workshop laptop should not serve its Wi-Fi.
-bind = os.environ.get("BIND", "127.0.0.1:8000")
+bind = SETTINGS["BIND"]
 
 # One worker by default: the in-memory demos (compare ticker, broadcast broker)
 # keep their state in the worker's memory. Set WEB_CONCURRENCY (and REDIS_URL for
 # the broadcast demo) to run more.
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+workers = SETTINGS["WEB_CONCURRENCY"]
 
-# Each worker listens on a socket of its own (SO_REUSEPORT, Linux) and the kernel
-# spreads new connections over them. On one shared socket whichever worker wakes
-# first accepts a whole burst: 50 streams opened at once all landed on one of two
-# workers, which defeats WEB_CONCURRENCY for long-lived streams.
-reuse_port = True
+# With several workers each listens on a socket of its own (SO_REUSEPORT, Linux) and
+# the kernel spreads new connections over them. On one shared socket whichever worker
+# wakes first accepts a whole burst: 50 streams opened at once all landed on one of
+# two workers, which defeats WEB_CONCURRENCY for long-lived streams. One worker needs
+# no spreading, and a shared socket refuses a second server on the same port.
+reuse_port = workers > 1
 
 # Each open stream is one greenlet, not one thread: a worker holds thousands.
 worker_class = "gevent"
-worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "12000"))
+worker_connections = SETTINGS["WORKER_CONNECTIONS"]
 
 # With gevent the worker's own greenlet reports to the arbiter, so `timeout` only
 # fires when the event loop is blocked, never because a stream is long. It is
@@ -48,3 +60,41 @@ accesslog = os.environ.get("ACCESS_LOG")  # e.g. "-" to log requests to stdout
 # gunicorn ≥ 25.1 opens a control socket at one fixed path per user; a workshop
 # does not need it, and two servers on one laptop would fight over it.
 control_socket_disable = True
+
+
+def on_starting(server):
+    """Refuse an address in use, in one line. With SO_REUSEPORT a second server would
+    share the port silently, and half the requests would reach a forgotten old one;
+    without it gunicorn retries for 5 s, logging each attempt."""
+    if server.master_pid:  # a re-exec (USR2) takes over the old master's sockets
+        return
+    for address in server.cfg.address:
+        if not isinstance(address, tuple):
+            continue  # a unix socket
+        host, port = address[0], address[1]
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                why = "is in use (is another server running?)" if error.errno == errno.EADDRINUSE else error.strerror
+                sys.exit(f"Cannot serve at {host}:{port}: the address {why}; stop it, or set BIND=127.0.0.1:8001")
+
+
+def when_ready(server):
+    """The one line a newcomer needs: where to point the browser."""
+    for address in server.cfg.address:
+        if isinstance(address, tuple):
+            host, port = address[0], address[1]
+            shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
+            print(f"Serving the demos at http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
+
+
+def worker_int(worker):
+    """Ctrl-C in a terminal signals every process in it: the worker gets SIGINT, then
+    the master's SIGQUIT. The second must not raise SystemExit into a worker that is
+    already on its way out (gevent then prints a "failed with SystemExit" traceback)."""
+    if getattr(worker, "kit_quitting", False):
+        from gevent import GreenletExit  # only in a gevent worker, after its patching
+        raise GreenletExit  # ends this signal's greenlet quietly
+    worker.kit_quitting = True

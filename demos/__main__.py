@@ -9,11 +9,22 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402  (imports after the patch on purpose)
+import errno  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
+import sys  # noqa: E402
+
+import gevent  # noqa: E402
 
 from gevent.pywsgi import WSGIHandler, WSGIServer  # noqa: E402
 
-from demos import hub  # noqa: E402
+from streamkit import settings  # noqa: E402
+
+try:  # a bad setting stops the server now, in one line (the demos read them on import)
+    settings.check()
+    from demos import hub  # noqa: E402
+except settings.SettingError as error:
+    sys.exit(f"Cannot start: {error}")
 
 
 class Handler(WSGIHandler):
@@ -51,11 +62,18 @@ def main(argv=None):
             print(f"{prefix:10} {hub.title(module)}")
         return
     app = hub.DEMOS[args.demo].app if args.demo else hub.app
-    print(f"Serving {args.demo or 'every demo'} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    server = Server((args.host, args.port), app, handler_class=Handler)
     try:
-        Server((args.host, args.port), app, handler_class=Handler).serve_forever()
-    except KeyboardInterrupt:
-        pass
+        server.start()  # binds now: a port in use is refused here, in one line
+    except OSError as error:
+        why = "is in use (is another server running?)" if error.errno == errno.EADDRINUSE else error.strerror
+        sys.exit(f"Cannot serve at {args.host}:{args.port}: the address {why}; stop it, or use --port 8001")
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"Serving {f'the {args.demo} demo' if args.demo else 'the demos'} at http://{host}:{args.port}/"
+          " (Ctrl-C stops)", flush=True)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C: stop quietly, not with a traceback
+        gevent.signal_handler(signum, gevent.spawn, server.stop, timeout=1)  # cuts open streams
+    server.serve_forever()
 
 
 if __name__ == "__main__":
