@@ -125,3 +125,14 @@ def test_page_shows_events_in_both_panels(live_server, page):
     assert page.locator("#wire").text_content().count("data: ") == 3
     assert "message:" in page.locator("#events li").first.text_content()
     assert "closed by the server" in page.locator("#status").text_content()
+
+
+def test_chapter_one_is_flask_alone():
+    # Live-coded in the first hour: nothing the tutorial has not shown yet.
+    import ast
+    from tests.conftest import ROOT
+    tree = ast.parse((ROOT / "demos" / "basic.py").read_text())
+    modules = {node.module if isinstance(node, ast.ImportFrom) else alias.name
+               for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+               for alias in node.names}
+    assert modules == {"time", "flask", "werkzeug.exceptions"}
