@@ -4,7 +4,7 @@
 Usage:
     python bench/relay.py [--paced RATE N]... [--burst N] (0 skips a scenario)
                           [--streams 1000] [--rate 20] [--duration 20] [--workers 1] [--pin]
-                          [--no-naive] [--no-nginx] [--json FILE]
+                          [--no-simple] [--no-naive] [--no-nginx] [--json FILE]
 
 Starts these servers on loopback, all stopped at the end:
   - an upstream (this script with --serve-upstream, a separate process): the
@@ -14,8 +14,10 @@ Starts these servers on loopback, all stopped at the end:
   - two yardsticks, in the paced and concurrent scenarios: a naive relay
     (create_naive_app below) under the same gunicorn settings (--no-naive skips
     it), and nginx as a pure proxy, if it is installed (--no-nginx skips it).
-Then, for each scenario, reads the upstream directly and then through
-/relay/chat, and prints one row per path:
+Then, for each scenario, reads the upstream directly, then through the
+production relay /relay/chat ("relay"), the simple relay /relay/simple on the
+same server ("simple"; --no-simple skips it) and the yardsticks, and prints one
+row per path:
     paced       one stream, RATE events/s, N events: lateness per event; by
                 default three rates, 50, 200 and 1,000 events/s (an LLM writes
                 20 to 100 tokens a second), each repeatable as --paced RATE N
@@ -228,7 +230,7 @@ def request_for(path, plan):
     if path == "direct":
         return "/v1/chat/completions", {"model": "bench", "stream": True,
                                         "messages": [{"role": "user", "content": content}]}
-    return "/relay/chat", {"messages": [{"role": "user", "content": content}]}
+    return "/relay/simple" if path == "simple" else "/relay/chat", {"messages": [{"role": "user", "content": content}]}
 
 
 def percentile(values, q):
@@ -247,11 +249,11 @@ def cpu_seconds(pid):
 
 
 async def scenario(ports, pids, path, plan, streams=1, keep_stamps=True):
-    port = ports["upstream" if path == "direct" else path]
+    port = ports["upstream" if path == "direct" else "relay" if path == "simple" else path]
     url, body = request_for(path, plan)
     late, opened, last = [], [], []
     # One relay column: the server that relayed this row (the kit's, or a yardstick).
-    watched = {"relay CPU": pids.get(path, pids["relay"]), "upstream CPU": pids["upstream"]}
+    watched = {"relay CPU": pids.get(path, pids["relay"]), "upstream CPU": pids["upstream"]}  # simple: the kit's
     cpu = {column: cpu_seconds(pid) for column, pid in watched.items()}
     client_cpu = resource.getrusage(resource.RUSAGE_SELF)
     started, started_at = time.monotonic(), time.time()
@@ -380,7 +382,7 @@ def show(title, rows):
 
 
 async def run(args, ports, pids):
-    paths = ["direct", "relay"] + ["naive"] * args.naive + ["nginx"] * args.nginx
+    paths = ["direct", "relay"] + ["simple"] * args.simple + ["naive"] * args.naive + ["nginx"] * args.nginx
     for path in paths:  # warm up every path before measuring
         await scenario(ports, pids, path, {"rate": 100, "events": 20}, streams=2)
     report = {}
@@ -392,7 +394,7 @@ async def run(args, ports, pids):
     if args.burst:
         plan = {"rate": 0, "events": args.burst, "batch": 100}
         report["burst"] = [await scenario(ports, pids, path, plan, keep_stamps=False)
-                           for path in ("direct", "relay")]
+                           for path in ("direct", "relay") + ("simple",) * args.simple]
         show(f"burst: one stream, {args.burst} events as fast as they go (events/s)", report["burst"])
     if args.streams:
         plan = {"rate": args.rate, "events": int(args.rate * args.duration)}
@@ -413,6 +415,8 @@ def main():
     parser.add_argument("--workers", type=int, default=1, help="gevent workers for the relay")
     parser.add_argument("--pin", action="store_true",
                         help="Linux: the relays on cores of their own, the upstream and this client on the rest")
+    parser.add_argument("--no-simple", dest="simple", action="store_false",
+                        help="skip the kit's simple relay (/relay/simple, on the same server)")
     parser.add_argument("--no-naive", dest="naive", action="store_false",
                         help="skip the yardstick: a naive relay (lines in, lines out)")
     parser.add_argument("--no-nginx", dest="nginx", action="store_false",

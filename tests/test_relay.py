@@ -791,7 +791,7 @@ def test_the_benchmark_runs_and_every_relayed_event_arrives(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     has_nginx = shutil.which("nginx") is not None
     assert has_nginx or os.environ.get("KIT_REQUIRE_NGINX") != "1", "KIT_REQUIRE_NGINX is set, and nginx is not on PATH"
-    paths = ["direct", "relay", "naive"] + ["nginx"] * has_nginx
+    paths = ["direct", "relay", "simple", "naive"] + ["nginx"] * has_nginx
     assert all(f"{path} added" in result.stdout for path in paths[1:]), result.stdout
     rows = json.loads(report.read_text())
     assert [(row["rate"], row["path"]) for row in rows["paced"]] == [(rate, path) for rate in (100, 300)
@@ -799,4 +799,5 @@ def test_the_benchmark_runs_and_every_relayed_event_arrives(tmp_path):
     assert [row["path"] for row in rows["concurrent"]] == paths
     for row in rows["paced"] + rows["concurrent"]:
         assert row["completed"] == row["streams"] and not row["errors"], row
-    assert rows["burst"][1]["events"] >= 2000  # every event, plus the ending frames
+    assert [row["path"] for row in rows["burst"]] == ["direct", "relay", "simple"]
+    assert all(row["events"] >= 2000 for row in rows["burst"][1:])  # every event, plus the ending frames
