@@ -28,12 +28,15 @@ export async function fetchEvents(url, init, onEvent, hooks = {}) {
 
 // Text in, events out. Holds what the last read left unfinished.
 export function eventParser(onEvent, onRetry = () => {}) {
-  let rest = "", data = [], type = "", id = "";
+  let rest = "", data = [], type = "", id = "", afterCR = false;
   return function parse(text) {
-    // A line ends at CRLF, LF or CR. A CR at the very end may be half a CRLF
-    // whose LF comes in the next read: keep it with the unfinished line.
-    const lines = (rest + text).split(/\r\n|\n|\r(?!$)/);
-    rest = lines.pop();
+    // A line ends at CRLF, LF or CR. A read may end between the CR and the LF
+    // of a CRLF: the line ended at the CR, so skip the LF the next read brings.
+    if (!text) return; // half a character so far: nothing to parse, and nothing changes
+    if (afterCR && text.startsWith("\n")) text = text.slice(1);
+    afterCR = text.endsWith("\r");
+    const lines = (rest + text).split(/\r\n|\r|\n/);
+    rest = lines.pop(); // the unfinished last line waits for the next read
     for (const line of lines) {
       if (line === "") { // only a blank line dispatches: an unfinished event is never shown
         if (data.length) onEvent({ type: type || "message", data: data.join("\n"), id });
