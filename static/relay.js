@@ -1,6 +1,7 @@
-// Demo 3: a chat page reading the relay. Send POSTs with fetch() and reads the
-// body as it arrives with fetchEvents (sse-fetch.js: EventSource can only GET);
-// the GET button shows the EventSource way, and why it must close() on `done`.
+// Demo 3: a chat page reading the relay, simple (/relay/simple) or production
+// (/relay/chat): the same wire. Send POSTs with fetch() and reads the body as it
+// arrives with fetchEvents (sse-fetch.js: EventSource can only GET); the GET
+// button shows the EventSource way, and why it must close() on `done`.
 import { field } from "./kit.js";
 import { fetchEvents } from "./sse-fetch.js";
 import { showWire } from "./wire.js";
@@ -53,6 +54,8 @@ function done() {
   status.value = `done: ${pieces} tokens${rate}`;
 }
 
+// The relay the page reads: main's data-simple-url or data-chat-url.
+const relayUrl = (fields) => main.dataset[fields.get("relay") === "chat" ? "chatUrl" : "simpleUrl"];
 const describeUsage = (u) => `${u.prompt_tokens} in, ${u.completion_tokens} out, ${u.total_tokens} total`;
 const stamp = () => `+${((performance.now() - started) / 1000).toFixed(3)}s`;
 
@@ -83,8 +86,9 @@ async function send(event) {
   reset(fields.get("prompt"));
   const params = new URLSearchParams();
   if (fields.get("fault")) params.set("fault", fields.get("fault"));
-  if (fields.get("debug")) params.set("debug", "1");
-  const url = String(params) ? `${main.dataset.chatUrl}?${params}` : main.dataset.chatUrl;
+  // debug=1 (the upstream's raw reads) is the production relay's: the simple one has no reader to copy them.
+  if (fields.get("debug") && fields.get("relay") === "chat") params.set("debug", "1");
+  const url = String(params) ? `${relayUrl(fields)}?${params}` : relayUrl(fields);
   const body = JSON.stringify({ messages: [{ role: "user", content: fields.get("prompt") }] });
   controller = new AbortController();
   const { signal } = controller;
@@ -113,7 +117,7 @@ function sendWithEventSource() {
   reset(fields.get("prompt"));
   const params = new URLSearchParams({ q: fields.get("prompt") });
   if (fields.get("fault")) params.set("fault", fields.get("fault"));
-  const url = `${main.dataset.chatUrl}?${params}`;
+  const url = `${relayUrl(fields)}?${params}`;
   const wire = field("wire");
   let opens = 0;
   source = new EventSource(url);
@@ -157,6 +161,9 @@ function sourceError() {
 }
 
 function stop() {
+  if (controller && !controller.signal.aborted && !finished) {
+    showWire(field("wire"), `${stamp()} stopped by the page: the fetch is aborted`, "note");
+  }
   if (controller) controller.abort();
   if (source) source.close();
   controller = source = null;

@@ -135,6 +135,20 @@ def test_the_relay_status_moves_on_from_waiting(live_server, page):
 
 
 @pytest.mark.browser
+@pytest.mark.parametrize("relay, path", [(None, "/relay/simple"), ("simple", "/relay/simple"), ("chat", "/relay/chat")])
+def test_the_relay_page_reads_the_relay_chosen(live_server, page, relay, path):
+    # Simple first: the page opens on /relay/simple; production is one click away.
+    page.goto(live_server.url + "/relay/")
+    if relay:
+        page.check(f"input[name=relay][value={relay}]")
+    page.fill("textarea[name=prompt]", "3+5=?")
+    page.click("button[type=submit]")
+    page.wait_for_function("document.getElementById('status').value.startsWith('done: ')")
+    assert page.locator("#wire > div").first.text_content().split("?")[0] == f"POST {path}"
+    assert page.locator("#answer").text_content() == "3 + 5 = 8"
+
+
+@pytest.mark.browser
 def test_pitfalls_come_in_pairs_with_what_to_watch(live_server, page):
     page.goto(live_server.url + "/pitfalls/")
     rows = page.locator(".pitfall")

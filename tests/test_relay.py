@@ -695,6 +695,7 @@ def chat_page(live_server, page):
 
 @pytest.mark.browser
 def test_page_streams_the_answer_progressively(chat_page):
+    chat_page.check("input[name=relay][value=chat]")  # debug=1, the upstream's reads, is the production relay's
     chat_page.fill("textarea[name=prompt]", "hello")
     chat_page.click("button[type=submit]")
     chat_page.wait_for_function("document.getElementById('answer').textContent.length > 0")
