@@ -6,13 +6,14 @@
 // Calls onEvent({ type, data, id }) once per event, and resolves with the
 // response when the body ends. Stop it with init.signal (an AbortController's):
 // the read in progress then rejects with an AbortError. A response that is not
-// 2xx comes back unread, for the caller to show its error. Optional hooks:
+// 2xx comes back unread, for the caller to show its error, and so does a 204
+// (no body: the server's "nothing more, stop for good"). Optional hooks:
 // response(res) before the body is read, text(str) after every network read,
 // retry(ms) when the server sets its reconnection delay.
 export async function fetchEvents(url, init, onEvent, hooks = {}) {
   const response = await fetch(url, init);
   hooks.response?.(response);
-  if (!response.ok) return response;
+  if (!response.ok || !response.body) return response;
   const reader = response.body.getReader();
   const decoder = new TextDecoder(); // UTF-8; it drops a leading BOM, as the spec asks
   const parse = eventParser(onEvent, hooks.retry);

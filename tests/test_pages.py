@@ -93,6 +93,22 @@ def test_the_fetch_readers_parser_follows_the_rules(live_server, page):
 
 
 @pytest.mark.browser
+def test_the_fetch_reader_reads_a_stream_and_takes_a_204_for_the_end(live_server, page):
+    # A 204 has no body at all (response.body is null): the end, not an error.
+    page.goto(live_server.url + "/counter/")
+    got = page.evaluate("""async () => {
+        const { fetchEvents } = await import("./static/sse-fetch.js");
+        const events = [], retries = [];
+        const ok = await fetchEvents("stream?count=2&interval=0.01", {}, (e) => events.push([e.type, e.id]),
+                                     { retry: (ms) => retries.push(ms) });
+        const gone = await fetchEvents("stream?count=2&interval=0.01", { headers: { "Last-Event-ID": "2" } },
+                                       (e) => events.push(["after 204?", e.id]));
+        return [ok.status, gone.status, events, retries];
+    }""")
+    assert got == [200, 204, [["message", "1"], ["message", "2"], ["end", "2"]], [2000]]
+
+
+@pytest.mark.browser
 def test_a_restart_never_shows_the_old_streams_note(live_server, page):
     # The old read's "stopped by the page" used to land after the new request line.
     page.goto(live_server.url + "/basic/")
