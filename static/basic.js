@@ -1,19 +1,18 @@
 // Demo 1: EventSource renders the events; the wire panel shows the same stream's bytes.
-"use strict";
+import { field, urlWith } from "./kit.js";
+import { startWire, stopWire } from "./wire.js";
 
 const main = document.querySelector("main");
-const form = document.getElementById("controls");
-const list = document.getElementById("events");
-const status = document.getElementById("status");
+const form = field("controls");
+const list = field("events");
+const status = field("status");
 let source = null;
 
+// A blank field stays out of the URL: the server's default applies.
 function streamUrl() {
-  const fields = new FormData(form);
-  const kind = fields.get("kind");
-  const params = new URLSearchParams({ interval: fields.get("interval") });
-  if (kind === "stream") params.set("count", fields.get("count"));
-  else params.set("heartbeat", fields.get("heartbeat"));
-  return `${main.dataset[kind + "Url"]}?${params}`;
+  const kind = new FormData(form).get("kind");
+  const names = kind === "stream" ? ["count", "interval"] : ["interval", "heartbeat"];
+  return urlWith(main.dataset[kind + "Url"], form, names);
 }
 
 function start(event) {
@@ -57,4 +56,4 @@ function stop() {
 }
 
 form.addEventListener("submit", start);
-document.getElementById("stop").addEventListener("click", stop);
+field("stop").addEventListener("click", stop);

@@ -1,15 +1,15 @@
 // Demo 6: publish/subscribe. EventSource joins a channel, fetch() publishes to it,
 // and every tab on the channel gets each message once, from whichever worker
 // holds its stream: the pid in the data says which.
-"use strict";
+import { field, pollStats, urlWith } from "./kit.js";
+import { startWire, stopWire } from "./wire.js";
 
 const main = document.querySelector("main");
-const joinForm = document.getElementById("controls");
-const publishForm = document.getElementById("publish");
-const list = document.getElementById("messages");
-const field = (id) => document.getElementById(id);
+const joinForm = field("controls");
+const publishForm = field("publish");
+const list = field("messages");
 let source = null;
-let channel = null;
+let channel = ""; // blank: the server's default channel
 let opens = 0;
 
 function join(event) {
@@ -18,7 +18,7 @@ function join(event) {
   channel = joinForm.elements.channel.value;
   list.textContent = "";
   opens = 0;
-  const url = `${main.dataset.streamUrl}?${new URLSearchParams({ channel })}`;
+  const url = urlWith(main.dataset.streamUrl, joinForm, ["channel"]);
   source = new EventSource(url);
   source.onopen = opened;
   source.onmessage = received;
@@ -29,7 +29,7 @@ function join(event) {
 
 function opened() {
   opens += 1;
-  field("status").value = `joined ${channel}`;
+  field("status").value = `joined ${channel || "the default channel"}`;
   // Pub/sub has no replay: whatever was published while we were away is gone.
   if (opens > 1) show("reconnected: messages published meanwhile were not replayed", "gap");
 }
@@ -73,8 +73,9 @@ async function publish(event) {
   const token = publishForm.elements.token?.value;
   if (token) headers.Authorization = `Bearer ${token}`;
   const message = publishForm.elements.message.value;
+  const body = channel ? { channel, message } : { message };
   const response = await fetch(main.dataset.publishUrl, {
-    method: "POST", headers, body: JSON.stringify({ channel, message }),
+    method: "POST", headers, body: JSON.stringify(body),
   });
   const answer = await response.json();
   field("published").value = response.ok ? `published #${answer.id}` : `${response.status}: ${answer.error}`;
@@ -82,21 +83,14 @@ async function publish(event) {
 }
 
 // Subscribers of the channel on every worker, as the server counts them.
-async function pollStats() {
-  try {
-    const response = await fetch(`${main.dataset.statsUrl}?${new URLSearchParams({ channel })}`);
-    const stats = await response.json();
-    if (!response.ok) throw new Error(stats.error);
-    field("subscribers").textContent = stats.subscribers;
-    field("workers").textContent = stats.workers.map((w) => `${w.pid}: ${w.subscribers}`).join(", ") || "none";
-  } catch (error) {
-    field("subscribers").textContent = `unknown (${error.message})`;
-  }
-  setTimeout(pollStats, 1000);
+function showSubscribers(stats, why) {
+  field("subscribers").textContent = stats ? stats.subscribers : `unknown (${why})`;
+  if (stats) field("workers").textContent = stats.workers.map((w) => `${w.pid}: ${w.subscribers}`).join(", ") || "none";
 }
 
 joinForm.addEventListener("submit", join);
 publishForm.addEventListener("submit", publish);
 field("leave").addEventListener("click", leave);
-join();  // join the default channel at once: open a second tab and publish
-pollStats();
+join(); // join the default channel at once: open a second tab and publish
+pollStats(() => (channel ? `${main.dataset.statsUrl}?${new URLSearchParams({ channel })}` : main.dataset.statsUrl),
+          showSubscribers);

@@ -1,12 +1,14 @@
 // Demo 2: the counter, its ids and its reconnects. EventSource does the
 // resuming by itself: on reconnect it sends Last-Event-ID, the last id it saw.
-"use strict";
+// The raw-wire panel's fetch() does the same by hand (resume: true), so its
+// request lines show the header.
+import { field, pollStats, urlWith } from "./kit.js";
+import { startWire, stopWire } from "./wire.js";
 
 const main = document.querySelector("main");
-const form = document.getElementById("controls");
-const list = document.getElementById("events");
-const status = document.getElementById("status");
-const field = (id) => document.getElementById(id);
+const form = field("controls");
+const list = field("events");
+const status = field("status");
 let source = null;
 let opens = 0;
 let lastN = 0;
@@ -16,15 +18,13 @@ function start(event) {
   stop();
   list.textContent = "";
   opens = lastN = 0;
-  const fields = new FormData(form);
-  const params = new URLSearchParams({ count: fields.get("count"), interval: fields.get("interval") });
-  const url = `${main.dataset.streamUrl}?${params}`;
+  const url = urlWith(main.dataset.streamUrl, form, ["count", "interval"]);
   source = new EventSource(url);
   source.onopen = opened;
   source.onmessage = counted;
   source.addEventListener("end", finished);
   source.onerror = lost;
-  startWire(url);
+  startWire(url, {}, { resume: true });
 }
 
 function opened() {
@@ -65,16 +65,10 @@ function stop() {
 }
 
 // The producers the server is running right now: one per open stream.
-async function pollStats() {
-  try {
-    const response = await fetch(main.dataset.statsUrl);
-    field("producers").textContent = (await response.json()).producers;
-  } catch {
-    field("producers").textContent = "server unreachable";
-  }
-  setTimeout(pollStats, 1000);
+function showProducers(stats, why) {
+  field("producers").textContent = stats ? stats.producers : why;
 }
 
 form.addEventListener("submit", start);
 field("stop").addEventListener("click", stop);
-pollStats();
+pollStats(() => main.dataset.statsUrl, showProducers);

@@ -1,10 +1,11 @@
 // Demo 4: send one request to the fake LLM and print its raw answer with the
 // shared wire panel (wire.js), next to the same request written as curl.
-"use strict";
+import { field, pollStats } from "./kit.js";
+import { startWire, stopWire } from "./wire.js";
 
 const main = document.querySelector("main");
-const form = document.getElementById("controls");
-const status = document.getElementById("status");
+const form = field("controls");
+const status = field("status");
 
 function request(fields) {
   const kind = fields.get("kind");
@@ -33,10 +34,10 @@ function asCurl({ url, init }) {
 async function send(event) {
   event.preventDefault();
   const call = request(new FormData(form));
-  document.getElementById("request").textContent = asCurl(call);
+  field("request").textContent = asCurl(call);
   status.value = "streaming…";
-  await startWire(call.url, call.init);
-  status.value = "done";
+  const outcome = await startWire(call.url, call.init);
+  if (outcome) status.value = outcome; // null: Stop, or a newer Send, has the status now
 }
 
 function stop() {
@@ -44,16 +45,10 @@ function stop() {
   status.value = "stopped";
 }
 
-async function pollStats() {
-  try {
-    const response = await fetch(main.dataset.statsUrl);
-    document.getElementById("open-streams").textContent = (await response.json()).open_streams;
-  } catch {
-    document.getElementById("open-streams").textContent = "server unreachable";
-  }
-  setTimeout(pollStats, 1000);
+function showStreams(stats, why) {
+  field("open-streams").textContent = stats ? stats.open_streams : why;
 }
 
 form.addEventListener("submit", send);
-document.getElementById("stop").addEventListener("click", stop);
-pollStats();
+field("stop").addEventListener("click", stop);
+pollStats(() => main.dataset.statsUrl, showStreams);

@@ -1,9 +1,10 @@
 // Seven EventSources to one host over HTTP/1.1. The browser keeps at most six
 // connections per host, so the seventh stays "connecting" until one closes.
-// Loaded after pitfalls.js (uses its `main` and `stop`).
-"use strict";
+import { field } from "./kit.js";
+import { stop } from "./pitfalls.js"; // the stream above, and its raw-wire copy
 
-const sevenList = document.getElementById("seven");
+const main = document.querySelector("main");
+const sevenList = field("seven");
 let seven = [];
 
 function openSeven() {
@@ -37,6 +38,6 @@ function closeSeven() {
   sevenList.textContent = "";
 }
 
-document.getElementById("open-seven").addEventListener("click", openSeven);
-document.getElementById("close-one").addEventListener("click", closeOne);
-document.getElementById("close-seven").addEventListener("click", closeSeven);
+field("open-seven").addEventListener("click", openSeven);
+field("close-one").addEventListener("click", closeOne);
+field("close-seven").addEventListener("click", closeSeven);

@@ -1,25 +1,22 @@
 // Demo 7: one stream, a switch per pitfall. Each event is listed with the time it
 // arrived: a steady rhythm is streaming, a burst of events at one instant is a
 // buffer on the way. The counters show reconnects and the server's producers.
-"use strict";
+import { field, pollStats, urlWith } from "./kit.js";
+import { startWire, stopWire } from "./wire.js";
 
 const main = document.querySelector("main");
-const form = document.getElementById("controls");
-const list = document.getElementById("events");
-const status = document.getElementById("status");
-const field = (id) => document.getElementById(id);
+const form = field("controls");
+const list = field("events");
+const status = field("status");
 let source = null;
 let started = 0;
 let last = 0;
 let opens = 0;
 
+// A blank field or an unticked box stays out of the URL: the server's default applies.
 function streamUrl() {
-  const fields = new FormData(form);
-  const params = new URLSearchParams();
-  for (const name of ["count", "interval", "delay", "heartbeat", "end", "ids", "retry", "jitter", "bare"]) {
-    if (fields.get(name)) params.set(name, fields.get(name));
-  }
-  return `${main.dataset[fields.get("via") + "Url"]}?${params}`;
+  const base = main.dataset[new FormData(form).get("via") + "Url"];
+  return urlWith(base, form, ["count", "interval", "delay", "heartbeat", "end", "ids", "retry", "jitter", "bare"]);
 }
 
 function start(event) {
@@ -71,7 +68,7 @@ function failed() {
     : "connection ended: EventSource reconnects after its retry delay…";
 }
 
-function stop() {
+export function stop() {
   if (source) source.close();
   source = null;
   stopWire();
@@ -96,19 +93,11 @@ function preset(event) {
 
 // Producers still running on the server. While six streams hold every
 // connection to this host, this request waits in the browser's queue too.
-async function pollStats() {
-  const waiting = setTimeout(() => { field("producers").textContent = "(request waiting for a free connection)"; }, 1500);
-  try {
-    const response = await fetch(main.dataset.statsUrl);
-    field("producers").textContent = (await response.json()).producers;
-  } catch {
-    field("producers").textContent = "server unreachable";
-  }
-  clearTimeout(waiting);
-  setTimeout(pollStats, 500);
+function showProducers(stats, why) {
+  field("producers").textContent = stats ? stats.producers : `(${why})`;
 }
 
 form.addEventListener("submit", start);
 field("stop").addEventListener("click", stop);
 for (const button of document.querySelectorAll("[data-preset]")) button.addEventListener("click", preset);
-pollStats();
+pollStats(() => main.dataset.statsUrl, showProducers, 500);

@@ -1,15 +1,17 @@
-// Demo 3: a chat page reading the relay. Send POSTs with fetch() and reads the
-// body as it arrives (EventSource can only GET); the GET button shows the
-// EventSource way, and why it must close() on `done`.
-"use strict";
+// Demo 3: a chat page reading the relay, simple (/relay/simple) or production
+// (/relay/chat): the same wire. Send POSTs with fetch() and reads the body as it
+// arrives with fetchEvents (sse-fetch.js: EventSource can only GET); the GET
+// button shows the EventSource way, and why it must close() on `done`.
+import { field } from "./kit.js";
+import { fetchEvents } from "./sse-fetch.js";
+import { showWire } from "./wire.js";
 
 const main = document.querySelector("main");
-const form = document.getElementById("controls");
-const field = (id) => document.getElementById(id);
+const form = field("controls");
 const status = field("status");
 let controller = null; // the fetch() in flight: Stop aborts it
 let source = null; // the EventSource, in GET mode
-let started = 0, firstAt = 0, pieces = 0, pending = "", drawing = false, done = false;
+let started = 0, firstAt = 0, pieces = 0, pending = "", drawing = false, finished = false;
 const UPSTREAM_FRAME = /event: upstream\ndata: .*\n\n/g; // debug copies, shown on the left
 
 // --- rendering: the text waits for the next animation frame, then goes in as text
@@ -17,6 +19,7 @@ function append(text) {
   if (!firstAt) {
     firstAt = performance.now();
     field("ttft").textContent = `${Math.round(firstAt - started)} ms`;
+    status.value = "streaming…";
   }
   pieces += 1;
   pending += text;
@@ -36,21 +39,28 @@ function draw() {
   if (seconds > 0.05) field("rate").textContent = (pieces / seconds).toFixed(1);
 }
 
-function handle(type, data) {
+function handle({ type, data }) {
   if (type === "message") append(JSON.parse(data).content);
   else if (type === "usage") field("usage").textContent = describeUsage(JSON.parse(data));
   else if (type === "upstream") showWire(field("upstream-wire"), JSON.parse(data), "chunk", stamp());
   else if (type === "relay-error") failed(`${JSON.parse(data).message} (status ${JSON.parse(data).status})`);
-  else if (type === "done") {
-    done = true;
-    status.value = "done";
-  }
+  else if (type === "done") done();
 }
 
+function done() {
+  finished = true;
+  const seconds = firstAt ? (performance.now() - firstAt) / 1000 : 0;
+  const rate = seconds > 0.05 ? `, ${(pieces / seconds).toFixed(1)} tokens/s` : "";
+  status.value = `done: ${pieces} tokens${rate}`;
+}
+
+// The relay the page reads: main's data-simple-url or data-chat-url.
+const relayUrl = (fields) => main.dataset[fields.get("relay") === "chat" ? "chatUrl" : "simpleUrl"];
 const describeUsage = (u) => `${u.prompt_tokens} in, ${u.completion_tokens} out, ${u.total_tokens} total`;
 const stamp = () => `+${((performance.now() - started) / 1000).toFixed(3)}s`;
 
 function failed(message) {
+  finished = true;
   field("error").hidden = false;
   field("error").textContent = message;
   status.value = "failed";
@@ -61,7 +71,7 @@ function reset(prompt) {
   started = performance.now();
   firstAt = pieces = 0;
   pending = "";
-  done = false;
+  finished = false;
   field("prompt-shown").textContent = `You: ${prompt}`;
   for (const id of ["answer", "error", "wire", "upstream-wire"]) field(id).textContent = "";
   for (const id of ["ttft", "rate", "usage", "opens"]) field(id).textContent = "–";
@@ -76,56 +86,28 @@ async function send(event) {
   reset(fields.get("prompt"));
   const params = new URLSearchParams();
   if (fields.get("fault")) params.set("fault", fields.get("fault"));
-  if (fields.get("debug")) params.set("debug", "1");
-  const url = `${main.dataset.chatUrl}?${params}`;
+  // debug=1 (the upstream's raw reads) is the production relay's: the simple one has no reader to copy them.
+  if (fields.get("debug") && fields.get("relay") === "chat") params.set("debug", "1");
+  const url = String(params) ? `${relayUrl(fields)}?${params}` : relayUrl(fields);
   const body = JSON.stringify({ messages: [{ role: "user", content: fields.get("prompt") }] });
   controller = new AbortController();
-  const wire = field("wire");
-  showWire(wire, `POST ${url}${params.has("debug") ? " (its event: upstream frames go to the left panel)" : ""}`, "note");
+  const { signal } = controller;
+  // Once Stop or a newer Send has aborted this one, it writes nothing more.
+  const say = (text, kind = "note", time = "") => { if (!signal.aborted) showWire(field("wire"), text, kind, time); };
+  say(`POST ${url}${params.has("debug") ? " (its event: upstream frames go to the left panel)" : ""}`);
   try {
-    const response = await fetch(url, { method: "POST", body, signal: controller.signal,
-                                        headers: { "Content-Type": "application/json" } });
-    showWire(wire, `${stamp()} HTTP ${response.status} ${response.headers.get("Content-Type")}`, "note");
+    const response = await fetchEvents(url, {
+      method: "POST", body, signal, headers: { "Content-Type": "application/json" },
+    }, handle, {
+      response: (r) => say(`${stamp()} HTTP ${r.status} ${r.headers.get("Content-Type")}`),
+      text: (text) => say(text.replace(UPSTREAM_FRAME, ""), "chunk", stamp()), // what the relay itself says
+    });
     if (!response.ok) return failed(`HTTP ${response.status}: ${(await response.json()).error}`);
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder(); // stream: true keeps a split character for the next read
-    const feed = eventParser(handle);
-    for (;;) {
-      const { value, done: ended } = await reader.read();
-      if (ended) break;
-      const text = decoder.decode(value, { stream: true });
-      const own = text.replace(UPSTREAM_FRAME, ""); // what the relay itself says
-      if (own) showWire(wire, own, "chunk", stamp());
-      feed(text);
-    }
-    showWire(wire, `${stamp()} end of stream`, "note");
-    if (!done && field("error").hidden) failed("the stream ended before done");
+    say(`${stamp()} end of stream`);
+    if (!finished) failed("the stream ended before done");
   } catch (error) {
-    if (error.name !== "AbortError") failed(`connection lost: ${error.message}`);
+    if (!signal.aborted) failed(`connection lost: ${error.message}`);
   }
-}
-
-// The rules of streamkit/sse.py's EventParser, enough for the relay's own output:
-// lines end at LF, CRLF or CR; `:` starts a comment; a blank line dispatches.
-function eventParser(onEvent) {
-  let buffer = "", data = [], type = "";
-  return function feed(text) {
-    const lines = (buffer + text).split(/\r\n|\n|\r(?!$)/); // a CR at the end may be half a CRLF
-    buffer = lines.pop();
-    for (const line of lines) {
-      if (line === "") {
-        if (data.length) onEvent(type || "message", data.join("\n"));
-        data = [];
-        type = "";
-        continue;
-      }
-      const colon = line.indexOf(":");
-      const name = colon < 0 ? line : line.slice(0, colon);
-      const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
-      if (name === "data") data.push(value);
-      else if (name === "event") type = value;
-    }
-  };
 }
 
 // --- GET with EventSource: simpler, but it reconnects whenever the response
@@ -135,25 +117,29 @@ function sendWithEventSource() {
   reset(fields.get("prompt"));
   const params = new URLSearchParams({ q: fields.get("prompt") });
   if (fields.get("fault")) params.set("fault", fields.get("fault"));
-  const url = `${main.dataset.chatUrl}?${params}`;
+  const url = `${relayUrl(fields)}?${params}`;
+  const wire = field("wire");
   let opens = 0;
   source = new EventSource(url);
-  showWire(field("wire"), `EventSource GET ${url} (it hides the bytes: the events are listed instead)`, "note");
+  showWire(wire, `EventSource GET ${url} (it hides the bytes: the events are listed instead)`, "note");
   source.onopen = () => {
     opens += 1;
     field("opens").textContent = opens;
     if (opens > 1) {
-      showWire(field("wire"), `${stamp()} reconnected: the relay asked the LLM again`, "note");
+      showWire(wire, `${stamp()} reconnected: the relay asked the LLM again`, "note");
       field("answer").textContent += "\n\n[the same answer, again:] ";
     }
   };
-  source.onmessage = (event) => { logEvent(event); handle("message", event.data); };
+  source.onmessage = (event) => { logEvent(event); handle(event); };
   for (const type of ["usage", "relay-error", "done"]) {
-    source.addEventListener(type, (event) => { logEvent(event); handle(type, event.data); });
+    source.addEventListener(type, (event) => { logEvent(event); handle(event); });
   }
   source.addEventListener("done", () => {
-    if (fields.get("close-on-done")) return source.close();
-    if (opens < 2) return showWire(field("wire"), `${stamp()} done, but not closed…`, "note");
+    if (fields.get("close-on-done")) {
+      source.close();
+      return showWire(wire, `${stamp()} source.close(): EventSource will not reconnect`, "note");
+    }
+    if (opens < 2) return showWire(wire, `${stamp()} done, but not closed…`, "note");
     source.close(); // one repeat makes the point; a real LLM bills every one
     status.value = "done twice: without close(), EventSource asks again after every answer";
   });
@@ -175,10 +161,13 @@ function sourceError() {
 }
 
 function stop() {
+  if (controller && !controller.signal.aborted && !finished) {
+    showWire(field("wire"), `${stamp()} stopped by the page: the fetch is aborted`, "note");
+  }
   if (controller) controller.abort();
   if (source) source.close();
   controller = source = null;
-  if (status.value !== "done" && status.value !== "failed") status.value = "stopped";
+  if (!finished) status.value = "stopped";
 }
 
 form.addEventListener("submit", send);

@@ -695,11 +695,12 @@ def chat_page(live_server, page):
 
 @pytest.mark.browser
 def test_page_streams_the_answer_progressively(chat_page):
+    chat_page.check("input[name=relay][value=chat]")  # debug=1, the upstream's reads, is the production relay's
     chat_page.fill("textarea[name=prompt]", "hello")
     chat_page.click("button[type=submit]")
     chat_page.wait_for_function("document.getElementById('answer').textContent.length > 0")
     partial = chat_page.locator("#answer").text_content()
-    chat_page.wait_for_function("document.getElementById('status').value === 'done'")
+    chat_page.wait_for_function("document.getElementById('status').value.startsWith('done: ')")
     full = chat_page.locator("#answer").text_content()
     assert full.startswith("You asked: “hello”") and len(partial) < len(full)
     assert chat_page.locator("#ttft").text_content().endswith(" ms")
@@ -752,9 +753,11 @@ def test_a_prompt_holding_html_is_shown_as_text(chat_page):
 def test_eventsource_variant_closes_on_done(chat_page):
     chat_page.fill("textarea[name=prompt]", SUM)
     chat_page.click("#send-get")
-    chat_page.wait_for_function("document.getElementById('status').value === 'done'")
+    chat_page.wait_for_function("document.getElementById('status').value.startsWith('done: ')")
     assert chat_page.locator("#answer").text_content() == SUM_TEXT
-    assert chat_page.evaluate("source.readyState === EventSource.CLOSED")
+    # The page's script is a module (no globals to inspect): it says so in the wire panel.
+    assert "source.close(): EventSource will not reconnect" in chat_page.locator("#wire").text_content()
+    assert chat_page.locator("#opens").text_content() == "1"
 
 
 @pytest.mark.browser

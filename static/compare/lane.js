@@ -17,7 +17,7 @@ export class Lane {
     this.bytes = null;
     this.latencies = [];
     this.lastId = null;
-    el.querySelector("ol").textContent = "";
+    el.querySelector(".events").textContent = "";
     lanes.set(el.dataset.lane, this);
     this.render();
   }
@@ -37,7 +37,7 @@ export class Lane {
     // A gap or a repeat shows in red: none of the three should ever have one.
     if (this.lastId !== null && message.id !== this.lastId + 1) item.className = "gap";
     item.textContent = `#${message.id} ${message.text} · ${Math.round(latency)} ms`;
-    const list = this.el.querySelector("ol");
+    const list = this.el.querySelector(".events");
     list.prepend(item);
     if (list.childElementCount > 30) list.lastElementChild.remove();
     this.lastId = message.id;

@@ -20,7 +20,8 @@ async function ask(url, since, timeout, signal) {
   let pause = 0;
   try {
     count();
-    const response = await fetch(`${url}?since=${since}&timeout=${timeout}`, { signal });
+    const query = timeout ? `since=${since}&timeout=${timeout}` : `since=${since}`; // no timeout: the server's default
+    const response = await fetch(`${url}?${query}`, { signal });
     const { messages, last_id: lastId } = await response.json();
     messages.forEach(show);
     since = lastId;

@@ -5,6 +5,7 @@ import * as poll from "./poll.js";
 import * as longPoll from "./long-poll.js";
 import * as sse from "./sse.js";
 import { lanes, setClockOffset } from "./lane.js";
+import { startWire, stopWire } from "../wire.js";
 
 const main = document.querySelector("main");
 const form = document.getElementById("controls");
@@ -17,7 +18,7 @@ async function start(event) {
   event.preventDefault();
   stop();
   const fields = new FormData(form);
-  const settings = { interval: Number(fields.get("interval")), timeout: Number(fields.get("timeout")) };
+  const settings = { interval: Number(fields.get("interval")), timeout: fields.get("timeout") }; // "": the server's default
   status.value = "measuring the clock offset…";
   try {
     setClockOffset(await clockOffset());
