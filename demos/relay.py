@@ -18,7 +18,7 @@ Leaves out on purpose: chat history on the server, tool calls, retries.
 from urllib.parse import urlsplit
 
 import requests
-from flask import Response, render_template, request
+from flask import render_template, request
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from demos import fake_llm
@@ -64,8 +64,7 @@ def create_app(test_config=None):
                 said = llm.error_message(upstream.raw.read(65536))
             status = upstream.status_code if upstream.status_code in (401, 429) else 502
             web.fail(relaying.redact(f"the upstream answered {upstream.status_code}: {said}", key), status)
-        return Response(held(relay_simply(upstream, config["UPSTREAM_DIALECT"], key)),
-                        mimetype="text/event-stream", headers=sse.HEADERS)
+        return sse.event_stream(held(relay_simply(upstream, config["UPSTREAM_DIALECT"], key)))
 
     @app.route("/chat", methods=["GET", "POST"])
     def chat():
