@@ -36,8 +36,10 @@ def create_app(test_config=None):
         """For scripts and tests waiting for the server to come up."""
         return "ok", 200, {"Content-Type": "text/plain; charset=utf-8"}
 
-    app.wsgi_app = DispatcherMiddleware(
-        app.wsgi_app, {f"/{prefix}": module.app for prefix, module in DEMOS.items()})
+    # Every demo mounted under its prefix, all behind the same deadlines (basic.py,
+    # Flask alone, has none of its own).
+    app.wsgi_app = web.guarded(DispatcherMiddleware(
+        app.wsgi_app, {f"/{prefix}": module.app for prefix, module in DEMOS.items()}), app.config)
     return app
 
 

@@ -67,6 +67,9 @@ SETTINGS = {
     "BIND": ("127.0.0.1:8000", address),
     "WEB_CONCURRENCY": (1, number(1, 64, "worker processes", int)),
     "WORKER_CONNECTIONS": (12000, number(1, 100_000, "connections per worker", int)),
+    # every stream and every request body (streamkit/guards.py)
+    "SEND_TIMEOUT": (30.0, number(1, 600, "seconds")),
+    "BODY_TIMEOUT": (10.0, number(1, 600, "seconds")),
     # the relay (demo 3) and its upstream
     "UPSTREAM_BASE_URL": ("", base_url),
     "UPSTREAM_API_KEY": ("", text),

@@ -2,9 +2,12 @@
 import os
 
 from flask import Flask, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, abort
 
 from streamkit import settings
+
+GUARDS = ["SEND_TIMEOUT", "BODY_TIMEOUT"]  # every app's: see streamkit/guards.py
 
 MAX_BODY = 64 * 1024  # bodies over 64 KiB are refused with 413
 
@@ -18,6 +21,8 @@ def new_app(import_name, test_config=None, names=()):
     right whether the demo runs alone or mounted under the hub's prefix.
     """
     app = Flask(import_name, template_folder="../templates", static_folder="../static")
+    app.json = JSONProvider(app)
+    names = [*GUARDS, *names]
     app.config.from_mapping(MAX_CONTENT_LENGTH=MAX_BODY)
     app.config.from_mapping(settings.read(names, os.environ if test_config is None else {}))
     app.config.update(test_config or {})
@@ -25,7 +30,27 @@ def new_app(import_name, test_config=None, names=()):
         app.config[name] = settings.parse(name, app.config[name])
     app.register_error_handler(HTTPException, _json_error)
     app.after_request(_no_type_without_body)
+    app.wsgi_app = guarded(app.wsgi_app, app.config)
     return app
+
+
+def guarded(wsgi_app, config):
+    """`wsgi_app` with the deadlines of streamkit/guards.py: a stream whose client takes
+    nothing for SEND_TIMEOUT s is cut; a body not in after BODY_TIMEOUT s is a 408."""
+    from streamkit import guards  # here: guards imports this module
+    wsgi_app = guards.BodyDeadline(wsgi_app, config["BODY_TIMEOUT"], config["MAX_CONTENT_LENGTH"])
+    return guards.SendDeadline(wsgi_app, config["SEND_TIMEOUT"])
+
+
+class JSONProvider(DefaultJSONProvider):
+    """Flask's JSON, but JSON nested deeper than Python's parser goes is bad input (a
+    400 through get_json), not a RecursionError (a 500): `[` × 1000 is 1 KB."""
+
+    def loads(self, s, **kwargs):
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
 
 def _no_type_without_body(response):
