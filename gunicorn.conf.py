@@ -32,7 +32,7 @@ workers = SETTINGS["WEB_CONCURRENCY"]
 # wakes first accepts a whole burst: 50 streams opened at once all landed on one of
 # two workers, which defeats WEB_CONCURRENCY for long-lived streams. One worker needs
 # no spreading, and a shared socket refuses a second server on the same port.
-reuse_port = workers > 1
+reuse_port = workers > 1  # on_starting() decides again, for a --workers on the command line
 
 # Each open stream is one greenlet, not one thread: a worker holds thousands.
 worker_class = "gevent"
@@ -66,6 +66,7 @@ def on_starting(server):
     """Refuse an address in use, in one line. With SO_REUSEPORT a second server would
     share the port silently, and half the requests would reach a forgotten old one;
     without it gunicorn retries for 5 s, logging each attempt."""
+    server.cfg.set("reuse_port", server.cfg.workers > 1)
     if server.master_pid:  # a re-exec (USR2) takes over the old master's sockets
         return
     for address in server.cfg.address:

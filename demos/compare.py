@@ -23,9 +23,6 @@ from streamkit.ticker import Ticker
 MAX_ID = 10**9
 LANES = {"poll": "poll", "long_poll": "long-poll", "stream": "sse"}  # view → lane
 UNCOUNTED = "X-Uncounted"  # sent by the page's raw-wire panel: a second copy of /sse
-SERVER_HEAD = 79  # "Server: gunicorn", "Date: …", "Connection: keep-alive" lines gunicorn adds
-CHUNKED_HEAD = 28  # "Transfer-Encoding: chunked\r\n", on a response without a length
-CHUNK_FRAMING = 6  # "8d\r\n" before a chunk and "\r\n" after it
 
 
 def create_app(test_config=None):
@@ -42,7 +39,7 @@ def create_app(test_config=None):
     @app.after_request
     def count(response):
         if request.endpoint in LANES and UNCOUNTED not in request.headers:
-            stats.add(LANES[request.endpoint], 1, head_size(response))
+            stats.add(LANES[request.endpoint], 1, web.wire_size(response))
         return response
 
     @app.get("/")
@@ -116,7 +113,7 @@ def frames(ticker, since, stats):
     try:
         chunk = sse.PING_BYTES  # the first bytes go out at once
         while True:
-            stats.add("sse", 0, len(chunk) + CHUNK_FRAMING)
+            stats.add("sse", 0, len(chunk) + web.CHUNK_FRAMING)
             yield chunk
             since, news = ticker.wait(since)  # parked until the next publish or heartbeat
             chunk = b"".join(message.frame for message in news) if news else sse.PING_BYTES
@@ -136,16 +133,6 @@ class Stats:
     def add(self, lane, requests, size):
         self.lanes[lane]["requests"] += requests
         self.lanes[lane]["bytes"] += size
-
-
-def head_size(response):
-    """Bytes of the status line and headers (ours exactly, the server's estimated),
-    plus the body when its length is known; a stream's body is counted as sent."""
-    lines = [f"HTTP/1.1 {response.status}", *(f"{k}: {v}" for k, v in response.headers.items())]
-    size = sum(len(line) + 2 for line in lines) + 2 + SERVER_HEAD
-    if response.content_length is None:
-        return size + CHUNKED_HEAD + len(b"0\r\n\r\n")
-    return size + response.content_length
 
 
 app = create_app()

@@ -90,7 +90,8 @@ def ticks(count, interval, delay=0.0, heartbeat=None, ids=False, first=1, end=Fa
 
 
 def silence(seconds, heartbeat):
-    """Wait `seconds`, yielding a ': ping' every `heartbeat` seconds meanwhile."""
+    """Wait `seconds`, yielding a ': ping' every `heartbeat` seconds meanwhile (the
+    heartbeat story of streamkit/sse.py: this stream keeps its own time)."""
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
         if heartbeat is None or left <= heartbeat:

@@ -18,12 +18,13 @@ Leaves out on purpose: chat history on the server, tool calls, retries.
 from urllib.parse import urlsplit
 
 import requests
-from flask import Response, render_template, request
+from flask import render_template, request
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from demos import fake_llm
 from streamkit import llm, relaying, sse, web
 
+HELD = set()  # simple relays reading an LLM stream right now: the page shows how many
 SETTINGS = ["UPSTREAM_BASE_URL", "UPSTREAM_API_KEY", "UPSTREAM_MODEL", "UPSTREAM_DIALECT", "UPSTREAM_TIMEOUT"]
 
 
@@ -44,6 +45,11 @@ def create_app(test_config=None):
                                model=config["UPSTREAM_MODEL"] or fake_llm.MODEL,
                                raw_upstream=not config["UPSTREAM_API_KEY"])
 
+    @app.get("/stats")
+    def stats():
+        """LLM streams each relay holds open: after Stop, a stalled simple relay still holds one."""
+        return {"simple": len(HELD), "production": len(relaying.Relay.live)}
+
     @app.route("/simple", methods=["GET", "POST"])
     def simple():
         """The simple relay: POST {"messages": […]} (fetch), or GET ?q=… (EventSource)."""
@@ -58,8 +64,7 @@ def create_app(test_config=None):
                 said = llm.error_message(upstream.raw.read(65536))
             status = upstream.status_code if upstream.status_code in (401, 429) else 502
             web.fail(relaying.redact(f"the upstream answered {upstream.status_code}: {said}", key), status)
-        return Response(relay_simply(upstream, config["UPSTREAM_DIALECT"], key),
-                        mimetype="text/event-stream", headers=sse.HEADERS)
+        return sse.event_stream(held(relay_simply(upstream, config["UPSTREAM_DIALECT"], key)))
 
     @app.route("/chat", methods=["GET", "POST"])
     def chat():
@@ -88,6 +93,16 @@ def relay_simply(upstream, dialect, key):
         yield relaying.error_frame(error, key)
     finally:  # the answer ended, or the client left (the server closes us when a write fails)
         upstream.close()
+
+
+def held(frames):
+    """Counts the simple relays at work for the page's /stats (the relay needs none of it)."""
+    token = object()
+    HELD.add(token)
+    try:
+        yield from frames
+    finally:  # closing us closes `frames` first: its upstream is closed by then
+        HELD.discard(token)
 
 
 def read_fault(builtin):

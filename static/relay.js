@@ -2,7 +2,7 @@
 // (/relay/chat): the same wire. Send POSTs with fetch() and reads the body as it
 // arrives with fetchEvents (sse-fetch.js: EventSource can only GET); the GET
 // button shows the EventSource way, and why it must close() on `done`.
-import { field } from "./kit.js";
+import { field, pollStats } from "./kit.js";
 import { fetchEvents } from "./sse-fetch.js";
 import { showWire } from "./wire.js";
 
@@ -173,3 +173,10 @@ function stop() {
 form.addEventListener("submit", send);
 field("stop").addEventListener("click", stop);
 field("send-get").addEventListener("click", sendWithEventSource);
+
+// How many LLM streams each relay holds open right now. After Stop during a `stall`,
+// the simple relay keeps one until UPSTREAM_TIMEOUT; the production one lets go at once.
+function showHeld(stats, why) {
+  field("held").textContent = stats ? `simple ${stats.simple}, production ${stats.production}` : why;
+}
+pollStats(() => main.dataset.statsUrl, showHeld);

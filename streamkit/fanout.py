@@ -81,6 +81,39 @@ class Board:
         return self.after(seen)
 
 
+class Ringer:
+    """The heartbeat of many streams: one thread per process rings every board it holds
+    each `heartbeat` seconds. A subscriber woken with nothing new writes a ping, which
+    keeps proxies from cutting its stream and finds a client that left; and no stream
+    needs a timer of its own (bench/wakeups.py: a timer per wait nearly doubles the cost
+    of a wake-up). It stops when it holds no board, and starts again with the next."""
+
+    def __init__(self, heartbeat):
+        self.heartbeat, self._boards, self._lock, self._pid = heartbeat, set(), threading.Lock(), None
+
+    def add(self, board):
+        with self._lock:
+            self._boards.add(board)
+            if self._pid != os.getpid():  # not running in this process (or fork) yet
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="ringer", daemon=True).start()
+
+    def discard(self, board):
+        with self._lock:
+            self._boards.discard(board)
+
+    def _run(self):
+        while True:
+            time.sleep(self.heartbeat)
+            with self._lock:
+                if not self._boards:
+                    self._pid = None
+                    return
+                boards = list(self._boards)
+            for board in boards:
+                board.ring()  # one that just had a message pings too: harmless
+
+
 # --- demo 6: a board per channel ----------------------------------------------------
 
 def message_frame(id, message, ts):
@@ -101,7 +134,7 @@ class Fanout:
     def __init__(self, heartbeat=15.0):
         self._boards, self._subscribers, self._lock = {}, collections.Counter(), threading.Lock()
         self.changes = 0  # bumped when a subscriber comes or goes (RedisBroker reports counts)
-        self.heartbeat, self._ringer = heartbeat, None  # the ringer's pid while it runs
+        self.heartbeat, self.ringer = heartbeat, Ringer(heartbeat)
 
     def deliver(self, channel, frame):
         board = self._boards.get(channel)
@@ -123,12 +156,11 @@ class Fanout:
         at once, so a client that got its first bytes misses nothing after them;
         it leaves when the server closes the iterator (a failed write)."""
         with self._lock:
-            board = self._boards.get(channel) or self._boards.setdefault(channel, Board())
+            if (board := self._boards.get(channel)) is None:
+                board = self._boards[channel] = Board()
+                self.ringer.add(board)
             self._subscribers[channel] += 1
             self.changes += 1
-            if self._ringer != os.getpid():  # not running in this process (or fork) yet
-                self._ringer = os.getpid()
-                threading.Thread(target=self._ring, name="fanout-ringer", daemon=True).start()
         # The ringer wakes everyone every self.heartbeat seconds. Only a subscriber
         # that wants pings more often needs a timer on each wait, which nearly
         # doubles the cost of a wake-up (bench/wakeups.py: board vs board+t).
@@ -147,17 +179,5 @@ class Fanout:
                 self._subscribers[channel] -= 1
                 self.changes += 1
                 if not self._subscribers[channel]:
-                    del self._boards[channel], self._subscribers[channel]
-
-    def _ring(self):
-        """Ring every board each `heartbeat` seconds, so its subscribers send a ping
-        (one that just had a message pings too: harmless); stop with the last one."""
-        while True:
-            time.sleep(self.heartbeat)
-            with self._lock:
-                if not self._boards:
-                    self._ringer = None
-                    return
-                boards = list(self._boards.values())
-            for board in boards:
-                board.ring()
+                    self.ringer.discard(self._boards.pop(channel))
+                    del self._subscribers[channel]

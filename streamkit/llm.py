@@ -9,10 +9,12 @@ The fake LLM (demo 4) writes them; the relay (demo 3) reads them into the kit's
 own events: `data: {"content": …}`, then `event: usage`, then `event: done`.
 """
 import json
+import re
+import socket
 import time
 import uuid
 
-from streamkit import sse
+from streamkit import sse, web
 
 PATHS = {"openai": "/chat/completions", "dashscope": "/services/aigc/text-generation/generation"}
 DONE = sse.format_event("[DONE]", event="done").encode()
@@ -26,6 +28,43 @@ def request_for(dialect, model, messages):
     # incremental_output false: every event carries the whole text (what we undo below)
     return {"X-DashScope-SSE": "enable"}, {"model": model, "input": {"messages": messages},
                                            "parameters": {"incremental_output": False}}
+
+
+# --- the fake LLM's answers: deterministic, offline, tokenized roughly as GPT does -------
+
+# Roughly how GPT tokenizers cut text: a CJK character alone, a word with its
+# leading space, up to 3 digits, punctuation with its space, runs of blanks.
+TOKEN = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]|[^\r\n\w]?[^\W\d_\u3400-\u9fff]+"
+                   r"|\d{1,3}| ?[^\s\w]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+SUM = re.compile(r"\s*(-?\d{1,9})\s*([-+*])\s*(-?\d{1,9})\s*=?\s*[?？]?\s*")
+ENGLISH = ("I am the workshop's fake LLM — I make every answer up on this machine, one "
+           "token at a time, so you can watch a stream arrive without a network or an "
+           "API key. Each token is one event on the wire: compare them in the raw-wire panel.")
+CHINESE = ("你好！我是工作坊内置的假模型：每个回答都在本机逐个词元生成，每个词元就是线路上的一个事件。"
+           "不用联网，也不用密钥，就能看到流式输出。")
+
+
+def reply(messages, max_tokens=None):
+    """The answer to the last user message of [(role, text), …], as tokens, and why it stops."""
+    prompt = next((text for role, text in reversed(messages) if role == "user"), "")
+    if total := SUM.fullmatch(prompt):
+        a, op, b = int(total[1]), total[2], int(total[3])
+        answer = f"{a} {op} {b} = {a + b if op == '+' else a - b if op == '-' else a * b}"
+    elif re.search(r"[\u3400-\u9fff]", prompt):
+        answer = CHINESE
+    else:
+        shown = prompt if len(prompt) <= 200 else prompt[:200] + "…"
+        answer = f"You asked: “{shown}”. {ENGLISH}"
+    pieces = TOKEN.findall(answer)
+    if max_tokens is None:
+        return pieces, "stop"
+    return pieces[:max_tokens], "length" if max_tokens < len(pieces) else "stop"
+
+
+def count_usage(messages, pieces):
+    prompt = sum(len(TOKEN.findall(text)) for _, text in messages)
+    return {"prompt_tokens": prompt, "completion_tokens": len(pieces),
+            "total_tokens": prompt + len(pieces)}
 
 
 # --- writing: the fake LLM's side ---------------------------------------------------------
@@ -104,6 +143,45 @@ def error_event(dialect, message):
     if dialect == "dashscope":
         return f"id:0\nevent:error\n:HTTP_STATUS/500\ndata:{compact(error_body(dialect, 500, message))}\n\n"
     return f"data: {compact(error_body(dialect, 500, message))}\n\n"
+
+
+# --- the faults the fake LLM injects on request (X-Fake-Fault; demos/fake_llm.py lists them)
+
+FAULT_AT = 3  # a fault strikes after this many events, so some text has arrived
+STALL = 60.0  # seconds of silence: longer than the relay's default UPSTREAM_TIMEOUT
+
+
+def with_fault(frames, fault, dialect, environ, delay):
+    """The frames as written to the wire, spoiled the way X-Fake-Fault asked."""
+    for n, frame in enumerate(frames):
+        if n == FAULT_AT and fault == "drop":
+            return drop(environ)
+        if n == FAULT_AT and fault == "stall":
+            time.sleep(STALL)
+        if n == FAULT_AT and fault == "malformed":
+            yield ('data: {"choices":[{"delta":{"content":"cut sh\n\n' if dialect == "openai"
+                   else 'id:0\nevent:result\ndata:{"output":{"text":"cut sh\n\n')
+        if n == FAULT_AT and fault == "error-event":
+            yield error_event(dialect, "The model crashed (simulated).")
+            return
+        if fault == "nospace":
+            frame = re.sub(r"(?m)^data: ", "data:", frame)
+        if fault in ("crlf", "split"):
+            data = frame.replace("\n", "\r\n").encode() if fault == "crlf" else frame.encode()
+            at = data.find(b"\r") if fault == "crlf" else next(
+                (i for i, byte in enumerate(data) if byte >= 0xC0), len(data) // 2 - 1)
+            yield data[:at + 1]  # ends just after a CR, or inside a UTF-8 character
+            time.sleep(max(delay / 2, 0.005))  # so the two pieces arrive as two reads
+            frame = data[at + 1:]
+        yield frame
+
+
+def drop(environ):
+    """Cut the connection mid-answer, as a crashed upstream or a dead proxy would."""
+    client = web.connection_socket(environ)
+    if client is None:  # no socket to cut: a body that raises makes the server drop it
+        raise ConnectionAbortedError("X-Fake-Fault: drop")
+    client.shutdown(socket.SHUT_RDWR)
 
 
 # --- reading: the relay's side ------------------------------------------------------------

@@ -3,6 +3,14 @@
 The wire format (WHATWG HTML, "Server-sent events"): UTF-8 text, one field per
 line (`data:`, `event:`, `id:`, `retry:`), a line starting with `:` is a comment,
 and a blank line dispatches the event the lines before it built.
+
+Heartbeats, one story for every stream in the kit: a stream that can go quiet writes
+the comment `: ping` when it has written nothing for its heartbeat. The ping keeps
+proxies and load balancers from cutting an idle connection, and it is the only way a
+WSGI server learns that the client left: it notices when a write fails. What differs
+is only who keeps the time. One stream waits with a timeout (drain() below, a
+generator's sleep); thousands of streams that share one source are woken together
+by it, so none needs a timer of its own (fanout.Ringer; the relay's watch).
 """
 import queue
 import re

@@ -2,8 +2,8 @@
 
 Each tick posts a Message: its JSON data for the polling lanes and its SSE frame
 for the streams, both made once for every client. Every stream of this demo has
-the same heartbeat, so the ticker rings the bell itself when it has been quiet
-that long, and a stream's wait needs no timer of its own (bench/wakeups.py).
+the same heartbeat, so one Ringer rings the board that often, and a stream's wait
+needs no timer of its own (bench/wakeups.py).
 Under gevent's patching the thread is a greenlet; create the Ticker after it.
 """
 import json
@@ -13,7 +13,7 @@ import time
 from typing import NamedTuple
 
 from streamkit import sse
-from streamkit.fanout import Board
+from streamkit.fanout import Board, Ringer
 
 
 JITTER = random.Random()  # our own generator: the global one belongs to the app's code
@@ -25,12 +25,12 @@ class Message(NamedTuple):
 
 
 class Ticker(Board):
-    """Posts a message about `rate_hz` times a second (with jitter), rings when
-    quiet for `heartbeat` seconds, and keeps the last `history` messages."""
+    """Posts a message about `rate_hz` times a second (with jitter), keeps the last
+    `history` messages, and has a Ringer ring it every `heartbeat` seconds."""
 
     def __init__(self, rate_hz, heartbeat=15.0, history=1000):
         super().__init__(history)
-        self.rate_hz, self.heartbeat = rate_hz, heartbeat
+        self.rate_hz, self.ringer = rate_hz, Ringer(heartbeat)
         self._stopping, self._thread = threading.Event(), None
 
     def start(self):
@@ -40,22 +40,19 @@ class Ticker(Board):
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name="ticker", daemon=True)
                     self._thread.start()
+                    self.ringer.add(self)
 
     def stop(self):
         self._stopping.set()
+        self.ringer.discard(self)
 
     @property
     def running(self):
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self):
-        due = time.monotonic() + self._pause()
-        while not self._stopping.wait(max(0.0, min(due - time.monotonic(), self.heartbeat))):
-            if time.monotonic() >= due:
-                self.publish(f"tick {self.seq + 1}")
-                due = time.monotonic() + self._pause()
-            else:  # quiet for a heartbeat: wake the streams so they send a ping
-                self.ring()
+        while not self._stopping.wait(self._pause()):
+            self.publish(f"tick {self.seq + 1}")
 
     def _pause(self):
         # Jitter, so a client polling at the same rate does not lock in step with us.

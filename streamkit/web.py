@@ -89,3 +89,19 @@ def own_url(environ):
         return None  # the test client, or a Unix socket
     host = f"[{address[0]}]" if ":" in address[0] else address[0]
     return f"http://{host}:{address[1]}"
+
+
+# What an HTTP/1.1 answer costs on the wire beyond its body, for demo 5's byte counts.
+SERVER_HEAD = 79  # "Server: gunicorn", "Date: …", "Connection: keep-alive" lines gunicorn adds
+CHUNKED_HEAD = 28  # "Transfer-Encoding: chunked\r\n", on a response without a length
+CHUNK_FRAMING = 6  # "8d\r\n" before a chunk and "\r\n" after it
+
+
+def wire_size(response):
+    """Bytes of the status line and headers (ours exactly, the server's estimated),
+    plus the body when its length is known; a stream's body is counted as sent."""
+    lines = [f"HTTP/1.1 {response.status}", *(f"{k}: {v}" for k, v in response.headers.items())]
+    size = sum(len(line) + 2 for line in lines) + 2 + SERVER_HEAD
+    if response.content_length is None:
+        return size + CHUNKED_HEAD + len(b"0\r\n\r\n")
+    return size + response.content_length

@@ -9,7 +9,7 @@ import requests
 from werkzeug.serving import make_server
 
 from demos import fake_llm
-from streamkit import sse
+from streamkit import llm, sse
 from tests.conftest import wait_until
 
 SUM = [{"role": "user", "content": "3+5=?"}]
@@ -89,8 +89,8 @@ def test_max_tokens_cuts_the_answer(client):
 
 @pytest.mark.parametrize("prompt, expected", [
     ("12 * 3", "12 * 3 = 36"),
-    ("最近的公园在哪里？", fake_llm.CHINESE),
-    ("<b>hi</b>", f"You asked: “<b>hi</b>”. {fake_llm.ENGLISH}"),
+    ("最近的公园在哪里？", llm.CHINESE),
+    ("<b>hi</b>", f"You asked: “<b>hi</b>”. {llm.ENGLISH}"),
 ])
 def test_answers_are_deterministic(client, prompt, expected):
     for _ in range(2):
@@ -113,7 +113,7 @@ def test_dashscope_stream_sends_the_whole_text_each_time(client):
     results = [json.loads(event.data) for event in events]
     texts = [r["output"]["text"] for r in results]
     assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(texts, texts[1:]))
-    assert texts[-1] == fake_llm.CHINESE
+    assert texts[-1] == llm.CHINESE
     assert [e.id for e in events] == [str(n) for n in range(1, len(events) + 1)]
     assert {e.event for e in events} == {"result"}
     assert [r["output"]["finish_reason"] for r in results] == ["null"] * (len(results) - 1) + ["stop"]
@@ -167,7 +167,7 @@ def test_valid_faults_keep_the_text(client, fault):
     response = client.post(OPENAI, json=body, headers={"X-Fake-Fault": fault})
     pieces = list(response.response)
     raw = b"".join(pieces)
-    assert text_of(sse.iter_events([raw])) == fake_llm.CHINESE
+    assert text_of(sse.iter_events([raw])) == llm.CHINESE
     if fault == "nospace":
         assert b"\ndata: " not in raw and raw.count(b"\ndata:{") > 10
     if fault == "crlf":
@@ -205,7 +205,7 @@ def test_drop_cuts_the_connection(served):
     with pytest.raises(requests.exceptions.ChunkedEncodingError):
         for event in sse.iter_events(response.iter_content(chunk_size=None)):
             events.append(event)
-    assert len(events) == fake_llm.FAULT_AT
+    assert len(events) == llm.FAULT_AT
 
 
 def test_stall_goes_silent(served):
@@ -215,7 +215,7 @@ def test_stall_goes_silent(served):
     with pytest.raises(requests.exceptions.ConnectionError, match="timed out"):
         for event in sse.iter_events(response.iter_content(chunk_size=None)):
             events.append(event)
-    assert len(events) == fake_llm.FAULT_AT
+    assert len(events) == llm.FAULT_AT
     response.close()
 
 

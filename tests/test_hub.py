@@ -25,6 +25,13 @@ def test_every_demo_module_is_mounted_and_answers(client):
         assert b"Raw wire" in response.data, prefix
 
 
+def test_every_demo_reads_in_one_sitting():
+    # A workshop reads each lesson top to bottom: the machinery lives in streamkit/.
+    for module in hub.DEMOS.values():
+        lines = (ROOT / "demos" / f"{module.__name__.rsplit('.', 1)[1]}.py").read_text().count("\n")
+        assert lines <= 150, (module.__name__, lines)
+
+
 def test_index_lists_the_demos_in_order(client):
     response = client.get("/")
     assert response.status_code == 200

@@ -1,6 +1,7 @@
 """The pages as a newcomer meets them: on a phone, alone and under the hub, the
 fetch reader's parsing rules, and the fixes to what confused the first readers."""
 import re
+import time
 import signal
 
 import pytest
@@ -162,6 +163,27 @@ def test_the_relay_page_reads_the_relay_chosen(live_server, page, relay, path):
     page.wait_for_function("document.getElementById('status').value.startsWith('done: ')")
     assert page.locator("#wire > div").first.text_content().split("?")[0] == f"POST {path}"
     assert page.locator("#answer").text_content() == "3 + 5 = 8"
+
+
+@pytest.mark.browser
+def test_the_relay_page_shows_who_lets_a_stalled_llm_go(start_server, page):
+    # The lesson of the relay choice, as the page shows it: Stop during a `stall`; the
+    # production relay's ping finds the departed client, the simple relay cannot.
+    server = start_server(env={"UPSTREAM_TIMEOUT": "6"})
+    page.goto(server.url + "/relay/")
+    page.select_option("select[name=fault]", "stall")
+    held = "document.getElementById('held').textContent"
+    for relay in ("chat", "simple"):
+        page.check(f"input[name=relay][value={relay}]")
+        page.click("button[type=submit]")
+        page.wait_for_function("document.getElementById('answer').textContent.length > 0")
+        page.wait_for_function(f"{held}.includes('{'production' if relay == 'chat' else 'simple'} 1')")
+        page.click("#stop")
+        if relay == "chat":  # let go within a ping or two
+            page.wait_for_function(f"{held} === 'simple 0, production 0'", timeout=3000)
+    time.sleep(2.5)  # well past the production relay's reaction time
+    assert page.evaluate(held) == "simple 1, production 0"  # still held: nobody wrote to the client
+    page.wait_for_function(f"{held} === 'simple 0, production 0'", timeout=8000)  # UPSTREAM_TIMEOUT
 
 
 @pytest.mark.browser

@@ -287,7 +287,7 @@ def test_a_slow_client_is_not_taken_for_a_silent_upstream():
 
 def test_relays_chinese_across_split_reads(flask_run, relay_path):
     status, events = chat(flask_run, "你好", fault="split", path=relay_path)
-    assert status == 200 and text_of(events) == fake_llm.CHINESE
+    assert status == 200 and text_of(events) == llm.CHINESE
 
 
 @pytest.mark.parametrize("fault", ["nospace", "crlf", "split"])
@@ -528,7 +528,7 @@ def test_live_client_abort_closes_a_silent_upstream(start_server):
     response = requests.get(f"{server.url}/relay/chat", params={"q": "hello", "fault": "stall"},
                             stream=True, timeout=10)
     events = sse.iter_events(response.iter_content(chunk_size=None))
-    assert [next(events).event for _ in range(fake_llm.FAULT_AT - 1)] == ["message"] * 2
+    assert [next(events).event for _ in range(llm.FAULT_AT - 1)] == ["message"] * 2
     assert relay_upstreams(server) == 1
     response.close()
     assert wait_until(lambda: relay_upstreams(server) == 0, timeout=2)
@@ -561,7 +561,7 @@ def test_live_only_the_production_relay_notices_a_departed_client_while_the_llm_
         response = requests.get(f"{server.url}/relay/{path}", params={"q": "hello", "fault": "stall"},
                                 stream=True, timeout=10)
         events = sse.iter_events(response.iter_content(chunk_size=None))
-        assert [next(events).event for _ in range(fake_llm.FAULT_AT - 1)] == ["message"] * 2
+        assert [next(events).event for _ in range(llm.FAULT_AT - 1)] == ["message"] * 2
         assert wait_until(lambda: relay_upstreams(server) == 1, timeout=2)
         response.close()
         released = wait_until(lambda: relay_upstreams(server) == 0, timeout=2)
@@ -672,7 +672,7 @@ def test_live_relay_under_python_m_demos_serve(tmp_path):
         url = f"http://127.0.0.1:{port}"
         assert wait_until(lambda: up(url + "/healthz"), timeout=15, step=0.1)
         status, events = chat(url + "/relay", "你好", fault="split")
-        assert status == 200 and text_of(events) == fake_llm.CHINESE
+        assert status == 200 and text_of(events) == llm.CHINESE
     finally:
         process.terminate()
         process.wait(timeout=10)
