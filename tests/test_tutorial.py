@@ -1,6 +1,14 @@
 """tutorial.md's code is the demos' real code, and every demo has its chapter."""
+import concurrent.futures
+import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
 
 from demos import hub
 from tests.conftest import ROOT
@@ -25,3 +33,51 @@ def test_every_demo_has_a_chapter_in_hub_order():
 
 def test_source_cuts_a_nested_view():
     assert source("demos/basic.py", "create_app.stream").startswith('@app.get("/stream")\ndef stream():')
+
+
+# --- every curl line of the tutorial works as written ---------------------------------------
+
+TUTORIAL_HOST = "http://127.0.0.1:8000"
+ENDLESS = ("/basic/heartbeat", "/compare/sse", "/broadcast/stream")  # no end without a client's Ctrl-C
+
+
+def tutorial_curls():
+    """The `curl` commands in tutorial.md (code lines and inline code) that ask the hub
+    at 127.0.0.1:8000, with backslash continuations joined."""
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "tutorial.md").read_text(encoding="utf-8"))
+    found = []
+    for line in text.splitlines():
+        found += [match.strip() for match in re.findall(r"(?:^|`)(curl [^`]+)", line)]
+    return [command for command in found if TUTORIAL_HOST in command]
+
+
+def quick(command):
+    """Whether a command ends by itself within a few seconds: not an endless stream, not
+    the stalled LLM (held on purpose), not a long count (ended by Ctrl-C in the text)."""
+    url = urlsplit(next(arg for arg in shlex.split(command, comments=True) if arg.startswith(TUTORIAL_HOST)))
+    query = dict(parse_qsl(url.query))
+    if url.path in ENDLESS or query.get("fault") == "stall":
+        return False
+    seconds = float(query.get("delay", 0)) + int(query.get("count", 10)) * float(query.get("interval", 1))
+    return not url.path.endswith("/stream") or seconds <= 8
+
+
+def run_curl(command, base_url):
+    args = shlex.split(command.replace(TUTORIAL_HOST, base_url), comments=True)
+    args = [arg for arg in args if arg != "&"]  # backgrounded in the text: here each runs alone
+    args[1:1] = ["-sS", "--max-time", "10", "-o", os.devnull, "-w", "%{http_code}"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=20)
+    return result.returncode, result.stdout.strip(), result.stderr
+
+
+@pytest.mark.live
+def test_the_tutorials_curl_commands_work_as_written(live_server):
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    commands = [command for command in tutorial_curls() if quick(command)]
+    assert len(commands) >= 10, commands  # the extraction found the tutorial's commands
+    with concurrent.futures.ThreadPoolExecutor(len(commands)) as pool:
+        results = list(pool.map(lambda command: run_curl(command, live_server.url), commands))
+    failed = [(command, code, status, error) for command, (code, status, error) in zip(commands, results)
+              if code != 0 or not status.isdigit() or not 200 <= int(status) < 400]
+    assert not failed, failed
