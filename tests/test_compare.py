@@ -2,6 +2,8 @@
 import argparse
 import importlib.util
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -372,3 +374,39 @@ def test_page_runs_three_lanes_on_the_same_messages(server, page):
     assert int(page.locator("#lane-poll [data-field=requests]").text_content()) >= 3
     assert page.locator("#lane-sse [data-field=mean]").text_content().endswith(" ms")
     assert "id: " in page.locator("#wire").text_content()
+
+
+# --- live: ids across a worker restart ------------------------------------------------
+
+def restart_the_worker(server):
+    """kill -9 the one worker (by pid) and wait until gunicorn's new one answers."""
+    old, = server.worker_pids()
+    os.kill(old, signal.SIGKILL)
+    assert wait_until(lambda: server.worker_pids() not in ([], [old]), timeout=10)
+    assert wait_until(lambda: requests.get(server.url + "/compare/time", timeout=2).ok, timeout=10)
+
+
+@pytest.mark.live
+def test_live_ids_go_on_after_the_worker_is_killed(start_server):
+    # A tick is 25-75 ms at 20 Hz. After a restart a client resuming with an id
+    # from before it gets new messages with higher ids at once (within about a
+    # tick): no replay of ids it has seen, no stall until ids catch up.
+    server = start_server(env=FAST)
+    before = live_events(server.url + "/compare/sse", limit=3)
+    last = int(before.events[-1].id)
+    restart_the_worker(server)
+
+    asked = time.monotonic()
+    resumed = live_events(server.url + "/compare/sse", limit=3, headers={"Last-Event-ID": str(last)})
+    numbers = [int(event.id) for event in resumed.events]
+    assert numbers[0] > last and numbers == list(range(numbers[0], numbers[0] + 3)), (last, numbers)
+    assert resumed.arrivals[0] - asked < 1.0  # a tick or two, not the seconds of a catch-up
+
+    for lane in ("poll?since=", "long-poll?timeout=5&since="):
+        asked, answer = time.monotonic(), {"messages": []}
+        while not answer["messages"] and time.monotonic() - asked < 2:  # poll: may be early
+            answer = requests.get(f"{server.url}/compare/{lane}{last}", timeout=10).json()
+        assert time.monotonic() - asked < 1.0, lane
+        assert ids(answer["messages"]) and min(ids(answer["messages"])) > last, (lane, last, answer)
+        assert answer["last_id"] == max(ids(answer["messages"]))
+    assert requests.get(server.url + "/compare/stats", timeout=5).json()["last_id"] > last
