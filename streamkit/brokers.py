@@ -58,8 +58,14 @@ class MemoryBroker:
 def publish_with_id(client):
     """INCR the channel's counter and PUBLISH "<id> <json>" as one Lua script. Redis
     runs a script atomically, so ids go out in the order they were taken: two
-    publishers on two workers can never publish 6 before 5."""
+    publishers on two workers can never publish 6 before 5. A counter that does not
+    exist (a new channel, or Redis restarted empty) starts from Redis's clock in ms,
+    the one clock all workers share: ids go on above every id handed out before, as
+    long as a channel averaged fewer than 1,000 messages a second (docs/decisions.md)."""
     return client.register_script("""
+        local now = redis.call('TIME')  -- seconds, microseconds
+        local ms = now[1] .. string.format('%03d', math.floor(now[2] / 1000))
+        redis.call('SET', KEYS[1], ms, 'NX')  -- only where the counter is missing
         local id = redis.call('INCR', KEYS[1])
         redis.call('PUBLISH', ARGV[1], id .. ' ' .. ARGV[2])
         return id
@@ -77,6 +83,7 @@ class RedisBroker:
     PREFIX = "broadcast:"
     REPORT_EVERY = 5.0  # seconds: each worker tells Redis how many subscribers it has…
     REPORT_TTL = 15  # …and the count of a worker that died goes away by itself
+    RETRY_MAX = 0.25  # s between reconnect attempts at most: back within ~0.3 s of Redis
 
     def __init__(self, url):
         try:
@@ -162,7 +169,7 @@ class RedisBroker:
             finally:
                 pubsub.close()
             time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, self.RETRY_MAX)
 
     def _back_up(self):
         if not self.up and self._ready.is_set():  # back after an outage
