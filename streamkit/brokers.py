@@ -60,7 +60,7 @@ def publish_with_id(client):
     runs a script atomically, so ids go out in the order they were taken: two
     publishers on two workers can never publish 6 before 5. A counter that does not
     exist (a new channel, or Redis restarted empty) starts from Redis's clock in µs,
-    the one clock all workers share: no Redis runs this script once a µs, so ids go
+    the one clock all workers share: no Redis runs it more than once a µs, so ids go
     on above every id handed out before (docs/decisions.md)."""
     return client.register_script("""
         local now = redis.call('TIME')  -- seconds, microseconds
