@@ -37,7 +37,7 @@ import time
 
 import requests
 
-COLUMNS = [("sent", 6), ("accepted", 8), ("failed", 6), ("ids", 13), ("p50 ms", 8),
+COLUMNS = [("sent", 6), ("accepted", 8), ("failed", 6), ("ids", 33), ("p50 ms", 8),
            ("p99 ms", 8), ("max ms", 8), ("rate/s", 7)]
 
 

@@ -20,7 +20,7 @@ from flask import jsonify, render_template, request
 from streamkit import sse, web
 from streamkit.ticker import Ticker
 
-MAX_ID = 10**9
+MAX_ID = 2**53 - 1  # ids are ms-since-epoch based; JavaScript numbers stay exact up to here
 LANES = {"poll": "poll", "long_poll": "long-poll", "stream": "sse"}  # view → lane
 UNCOUNTED = "X-Uncounted"  # sent by the page's raw-wire panel: a second copy of /sse
 
@@ -82,9 +82,10 @@ def create_app(test_config=None):
 
 
 def since_arg(ticker, name, value=None):
-    """The last id a client has seen. None means "from now on". An id beyond the
-    newest was handed out before the server restarted (ids begin at 1 again):
-    such a client gets everything still in the history."""
+    """The last id a client has seen. None means "from now on". Ids number from
+    the clock, so one from before a restart is below this run's ids: the client
+    gets everything this run has kept. One beyond the newest cannot be ours (a
+    clock set back?): it gets the history too."""
     since = web.number_arg(name, None, 0, MAX_ID, int, value=value)
     if since is None:
         return ticker.seq

@@ -58,10 +58,17 @@ class MemoryBroker:
 def publish_with_id(client):
     """INCR the channel's counter and PUBLISH "<id> <json>" as one Lua script. Redis
     runs a script atomically, so ids go out in the order they were taken: two
-    publishers on two workers can never publish 6 before 5."""
+    publishers on two workers can never publish 6 before 5. A counter that does not
+    exist (a new channel, or Redis restarted empty) starts from Redis's clock in µs,
+    the one clock all workers share: no Redis runs it more than once a µs, so ids go
+    on above every id handed out before (docs/decisions.md)."""
     return client.register_script("""
+        local now = redis.call('TIME')  -- seconds, microseconds
+        local us = now[1] .. string.format('%06d', tonumber(now[2]))
+        redis.call('SET', KEYS[1], us, 'NX')  -- only where the counter is missing
         local id = redis.call('INCR', KEYS[1])
-        redis.call('PUBLISH', ARGV[1], id .. ' ' .. ARGV[2])
+        -- %d: plain `id .. ' '` writes a 16-digit id as 1.7962819328156e+15
+        redis.call('PUBLISH', ARGV[1], string.format('%d ', id) .. ARGV[2])
         return id
     """)
 
@@ -77,6 +84,7 @@ class RedisBroker:
     PREFIX = "broadcast:"
     REPORT_EVERY = 5.0  # seconds: each worker tells Redis how many subscribers it has…
     REPORT_TTL = 15  # …and the count of a worker that died goes away by itself
+    RETRY_MAX = 0.25  # s between reconnect attempts at most: back within ~0.3 s of Redis
 
     def __init__(self, url):
         try:
@@ -162,7 +170,7 @@ class RedisBroker:
             finally:
                 pubsub.close()
             time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, self.RETRY_MAX)
 
     def _back_up(self):
         if not self.up and self._ready.is_set():  # back after an outage

@@ -1,7 +1,7 @@
 """Fan-out inside one worker: one post, every parked subscriber woken, one encoding.
 
-Board is the core both demos share: items numbered 1, 2, 3… (the number is a
-generation counter), the last `history` of them kept for subscribers that fell
+Board is the core both demos share: items numbered base+1, base+2… (base is 0
+unless told: the number is a generation counter), the last `history` of them kept for subscribers that fell
 behind, and one shared `threading.Event`, "the bell", swapped for a new one and
 set on every post. A subscriber remembers only the number it has seen and parks
 on the bell until that number moves. An item is whatever the publisher encoded
@@ -27,18 +27,20 @@ BACKLOG = 256  # frames a channel keeps for a subscriber that fell behind
 
 
 class Board:
-    """Items numbered 1, 2, 3…, the last `history` of them kept, and one bell
-    that rings for the next."""
+    """Items numbered base+1, base+2…, the last `history` of them kept, and one
+    bell that rings for the next. A number below `base` is from before this board
+    existed: a subscriber holding one gets everything kept."""
 
-    def __init__(self, history=BACKLOG):
-        self.latest = (0, None)  # (number, item): replaced in one go, read without a lock
+    def __init__(self, history=BACKLOG, base=0):
+        self.base = base  # the number before the first item
+        self.latest = (base, None)  # (number, item): replaced in one go, read without a lock
         self.recent = collections.deque(maxlen=history)
         self._bell = threading.Event()
         self._lock = threading.RLock()  # one poster at a time; readers mostly skip it
 
     @property
     def seq(self):
-        """How many items were ever posted: the number of the latest one."""
+        """The number of the latest item (`base` before the first)."""
         return self.latest[0]
 
     def post(self, item):
@@ -76,7 +78,7 @@ class Board:
         """Park until something newer than `seen` is posted, the bell rings or
         `timeout` passes; then the same as after()."""
         bell = self._bell  # taken before looking: a post after this rings it
-        if self.seq <= seen:
+        if self.seq <= seen or self.seq == self.base:  # nothing newer, or nothing yet
             bell.wait(timeout)
         return self.after(seen)
 

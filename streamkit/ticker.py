@@ -4,6 +4,10 @@ Each tick posts a Message: its JSON data for the polling lanes and its SSE frame
 for the streams, both made once for every client. Every stream of this demo has
 the same heartbeat, so one Ringer rings the board that often, and a stream's wait
 needs no timer of its own (bench/wakeups.py).
+Ids number from the clock: the first is the time the ticker started, in ms since
+the epoch, then +1 per message. They stay consecutive within one run (a client can
+count gaps), and a worker that restarts starts above every id it handed out
+before, so a client resuming with an old id goes on at once (docs/decisions.md).
 Under gevent's patching the thread is a greenlet; create the Ticker after it.
 """
 import json
@@ -18,6 +22,11 @@ from streamkit.fanout import Board, Ringer
 
 JITTER = random.Random()  # our own generator: the global one belongs to the app's code
 
+
+def clock_ms():
+    return time.time_ns() // 1_000_000
+
+
 class Message(NamedTuple):
     id: int
     data: dict  # {"id", "ts", "text"}: what the polling lanes send as JSON
@@ -29,7 +38,7 @@ class Ticker(Board):
     `history` messages, and has a Ringer ring it every `heartbeat` seconds."""
 
     def __init__(self, rate_hz, heartbeat=15.0, history=1000):
-        super().__init__(history)
+        super().__init__(history, base=clock_ms() - 1)
         self.rate_hz, self.ringer = rate_hz, Ringer(heartbeat)
         self._stopping, self._thread = threading.Event(), None
 
@@ -38,6 +47,9 @@ class Ticker(Board):
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
+                    if self.latest[1] is None:  # nothing posted: number from now, in this process
+                        self.base = clock_ms() - 1
+                        self.latest = (self.base, None)
                     self._thread = threading.Thread(target=self._run, name="ticker", daemon=True)
                     self._thread.start()
                     self.ringer.add(self)
@@ -52,14 +64,16 @@ class Ticker(Board):
 
     def _run(self):
         while not self._stopping.wait(self._pause()):
-            self.publish(f"tick {self.seq + 1}")
+            self.publish(f"tick {self.seq - self.base + 1}")  # its number in this run
 
     def _pause(self):
         # Jitter, so a client polling at the same rate does not lock in step with us.
         return JITTER.uniform(0.5, 1.5) / self.rate_hz
 
     def publish(self, text):
-        """Post the next message; its id is its number on the board."""
+        """Post the next message; its id is its number on the board. Fewer than
+        1,000 a second on average keeps every id of this run below the first of
+        the next (COMPARE_RATE_HZ is at most 100)."""
         with self._lock:  # re-entrant: the number is taken and posted in one go
             n = self.seq + 1
             data = {"id": n, "ts": round(time.time(), 6), "text": text}

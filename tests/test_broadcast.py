@@ -2,13 +2,14 @@
 import json
 import os
 import threading
+import time
 
 import pytest
 import redis
 import requests
 
 from demos import broadcast
-from streamkit import fanout, sse
+from streamkit import brokers, fanout, sse
 from tests.conftest import (LiveServer, RedisServer, free_port, live_events, read_events,
                             redis_executable, wait_until)
 
@@ -219,10 +220,11 @@ def pubsub_connections(url):
 def test_redis_broker_one_connection_for_many_subscribers(redis_server):
     client = broadcast.create_app({"TESTING": True, "REDIS_URL": redis_server.url}).test_client()
     streams = [Subscriber(client, "/stream?channel=r") for _ in range(20)]
-    assert publish(client, "via redis", "r").get_json()["id"] == 1
+    id = publish(client, "via redis", "r").get_json()["id"]
+    assert abs(id - time.time() * 1e6) < 5e6  # a new channel's ids start from Redis's clock (µs)
     assert all(payloads(s.events(1))[0]["message"] == "via redis" for s in streams)
     assert pubsub_connections(redis_server.url) == 1  # not 20
-    assert redis.Redis.from_url(redis_server.url).get("broadcast:id:r") == b"1"
+    assert redis.Redis.from_url(redis_server.url).get("broadcast:id:r") == str(id).encode()
     assert wait_until(lambda: subscribers(client, "r") == 20, timeout=2)
     for s in streams:
         s.close()
@@ -279,7 +281,7 @@ def test_live_50_subscribers_on_two_workers_get_100_messages_once_in_order(redis
                for n in range(100)]
     for reader in readers:
         reader.join(timeout=20)
-    assert ids == list(range(1, 101))
+    assert ids == list(range(ids[0], ids[0] + 100))  # consecutive, whichever worker took them
     for stream in streams:
         assert [event.id for event in stream.events] == [str(id) for id in ids]
         assert [p["message"] for p in payloads(stream.events)] == [f"m{n}" for n in range(100)]
@@ -310,27 +312,78 @@ def test_live_bad_input_is_json_4xx(redis_pair):
 
 
 @pytest.mark.live
-def test_live_redis_restart_is_reported_and_survived(redis_server, start_server):
+def test_live_redis_restart_is_reported_and_survived_and_ids_go_on(redis_server, start_server):
     server = start_server(env={"REDIS_URL": redis_server.url})
     url = f"{server.url}/broadcast/stream?channel=r&heartbeat=0.2"
     stream = {}
-    reader = threading.Thread(target=lambda: stream.update(s=live_events(url, limit=4, timeout=15)))
+    reader = threading.Thread(target=lambda: stream.update(s=live_events(url, limit=6, timeout=15)))
     reader.start()
     publish_url = f"{server.url}/broadcast/publish"
+
+    def publish_live(message):
+        answer = requests.post(publish_url, json={"channel": "r", "message": message}, timeout=5)
+        assert answer.status_code == 202, answer.text
+        return answer.json()["id"]
+
     assert wait_until(lambda: live_stats(server, "r")["subscribers"] == 1, timeout=5)
-    assert requests.post(publish_url, json={"channel": "r", "message": "before"}).status_code == 202
+    before = [publish_live(f"before {n}") for n in range(2)]
     redis_server.stop()
     refused = requests.post(publish_url, json={"channel": "r", "message": "lost"}, timeout=5)
     assert refused.status_code == 503 and "Redis is unreachable" in refused.json()["error"]
-    redis_server.start()  # same port, data gone
+    redis_server.start()  # same port, data gone: the channel's counter too
     # Back when the worker has re-subscribed and reported its subscriber again.
     assert wait_until(lambda: live_stats(server, "r").get("subscribers") == 1, timeout=10)
-    assert requests.post(publish_url, json={"channel": "r", "message": "after"}).status_code == 202
+    after = [publish_live(f"after {n}") for n in range(2)]
     reader.join(timeout=15)
     events = stream["s"].events
     assert [(e.event, p.get("state", p.get("message"))) for e, p in zip(events, payloads(events))] == [
-        ("message", "before"), ("notice", "down"), ("notice", "up"), ("message", "after")]
+        ("message", "before 0"), ("message", "before 1"), ("notice", "down"), ("notice", "up"),
+        ("message", "after 0"), ("message", "after 1")]
     assert ": ping" in stream["s"].raw  # never silent, even while Redis was away
+    # Ids never go backwards: the counter Redis lost starts again above every old id.
+    assert before[0] < before[1] < after[0] < after[1], (before, after)
+    assert [int(e.id) for e in events if e.event == "message"] == before + after
+
+
+@pytest.mark.live
+def test_live_listener_is_back_within_half_a_second_of_redis(redis_server, start_server):
+    # Redis stays down long enough for a growing reconnect backoff to grow (the old
+    # one, doubling up to 2 s, came back ~1 s late here); then we measure from
+    # redis-server answering again to the first message a subscriber receives,
+    # publishing every 20 ms until one gets through.
+    server = start_server(env={"REDIS_URL": redis_server.url})
+    url = f"{server.url}/broadcast/stream?channel=back&heartbeat=0.2"
+    stream = {}
+    reader = threading.Thread(target=lambda: stream.update(s=live_events(url, limit=3, timeout=15)))
+    reader.start()
+    assert wait_until(lambda: live_stats(server, "back")["subscribers"] == 1, timeout=5)
+    redis_server.stop()
+    time.sleep(2.0)  # long enough for a backoff (0.1, 0.2, 0.4, 0.8 s…) to grow past 0.5 s
+    redis_server.start()
+    answering = time.monotonic()
+    with requests.Session() as session:
+        while reader.is_alive() and time.monotonic() - answering < 5:
+            session.post(f"{server.url}/broadcast/publish", timeout=5,
+                         json={"channel": "back", "message": "probe"})
+            time.sleep(0.02)
+    reader.join(timeout=5)
+    s = stream["s"]
+    assert [e.event for e in s.events] == ["notice", "notice", "message"]  # down, up, a probe
+    recovery = s.arrivals[2] - answering
+    print(f"listener back {recovery * 1000:.0f} ms after redis-server answered")
+    assert recovery < 0.5, f"{recovery:.2f} s"
+
+
+def test_two_workers_keep_ids_rising_when_redis_loses_its_counter(redis_server):
+    # Two brokers stand for two workers: whichever publishes first after Redis was
+    # emptied sets the channel's counter, and ids keep rising for both, even after
+    # a burst faster than one message a millisecond.
+    one, two = (brokers.RedisBroker(redis_server.url) for _ in range(2))
+    before = [broker.publish("c", f"m{n}")[0] for n, broker in enumerate([one, two, one])]
+    redis.Redis.from_url(redis_server.url).flushall()  # what a restart without persistence does
+    after = [broker.publish("c", f"m{n}")[0] for n, broker in enumerate([two, one, two])]
+    ids = before + after
+    assert ids == sorted(set(ids)) and after == list(range(after[0], after[0] + 3)), ids
 
 
 # --- the page -------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 import argparse
 import importlib.util
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -41,6 +43,11 @@ def ids(messages):
     return [message["id"] for message in messages]
 
 
+def nth(ticker, *ns):
+    """The ids of a ticker's n-th messages: they number on from its clock-based base."""
+    return [ticker.base + n for n in ns]
+
+
 def test_page(client):
     response = client.get("/")
     assert response.status_code == 200
@@ -74,35 +81,41 @@ def test_first_request_starts_the_one_ticker(app, client):
 def test_poll_answers_at_once(app, client):
     ticker = ticker_of(app)
     started = time.monotonic()
-    assert client.get("/poll").get_json() == {"messages": [], "last_id": 0}  # a new client: from now on
+    first = client.get("/poll").get_json()  # a new client: from now on
+    assert first == {"messages": [], "last_id": ticker.base}
+    assert abs(ticker.base - time.time() * 1000) < 5000  # ids number from the clock (ms)
     for n in range(3):
         ticker.publish(f"m{n}")
-    response = client.get("/poll?since=1")
+    response = client.get(f"/poll?since={ticker.base + 1}")
     assert time.monotonic() - started < 1
     assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
     answer = response.get_json()
-    assert ids(answer["messages"]) == [2, 3] and answer["last_id"] == 3
+    assert ids(answer["messages"]) == nth(ticker, 2, 3) and answer["last_id"] == ticker.base + 3
     message = answer["messages"][0]
     assert set(message) == {"id", "ts", "text"} and message["text"] == "m1"
     assert abs(message["ts"] - time.time()) < 5  # unix seconds, not milliseconds
-    assert client.get("/poll?since=3").get_json() == {"messages": [], "last_id": 3}
+    assert client.get(f"/poll?since={ticker.base + 3}").get_json() == {
+        "messages": [], "last_id": ticker.base + 3}
 
 
 def test_poll_since_zero_or_from_an_earlier_server_run_gets_the_history(app, client):
+    ticker = ticker_of(app)
     for n in range(3):
-        ticker_of(app).publish(f"m{n}")
-    assert ids(client.get("/poll?since=0").get_json()["messages"]) == [1, 2, 3]
-    # Ids begin at 1 again after a restart: a client holding id 50 gets everything.
-    assert ids(client.get("/poll?since=50").get_json()["messages"]) == [1, 2, 3]
+        ticker.publish(f"m{n}")
+    assert ids(client.get("/poll?since=0").get_json()["messages"]) == nth(ticker, 1, 2, 3)
+    # An id from an earlier run is below this run's first (ids number from the
+    # clock); one beyond the newest cannot be ours: both get everything kept.
+    for since in (ticker.base - 50, ticker.base + 50):
+        assert ids(client.get(f"/poll?since={since}").get_json()["messages"]) == nth(ticker, 1, 2, 3)
 
 
 def test_history_is_bounded():
     ticker = Ticker(rate_hz=1, history=3)
     for n in range(5):
         ticker.publish(f"m{n}")
-    assert [m.id for m in ticker.after(0)[1]] == [3, 4, 5]
-    assert [m.id for m in ticker.after(4)[1]] == [5]
-    assert ticker.after(5) == (5, [])
+    assert [m.id for m in ticker.after(0)[1]] == nth(ticker, 3, 4, 5)
+    assert [m.id for m in ticker.after(ticker.base + 4)[1]] == nth(ticker, 5)
+    assert ticker.after(ticker.base + 5) == (ticker.base + 5, [])
 
 
 def test_long_poll_answers_as_soon_as_a_message_is_published(app):
@@ -119,20 +132,21 @@ def test_long_poll_answers_as_soon_as_a_message_is_published(app):
     ticker_of(app).publish("news")
     waiter.join(timeout=5)
     assert time.monotonic() - published < 1  # woken by the publish, far from the 10 s timeout
-    assert ids(answers[0]["messages"]) == [1] and answers[0]["last_id"] == 1
+    assert ids(answers[0]["messages"]) == nth(ticker_of(app), 1)
+    assert answers[0]["last_id"] == ticker_of(app).base + 1
 
 
-def test_long_poll_times_out_with_an_empty_list(client):
+def test_long_poll_times_out_with_an_empty_list(app, client):
     started = time.monotonic()
     answer = client.get("/long-poll?timeout=0.2").get_json()
     assert 0.2 <= time.monotonic() - started < 2
-    assert answer == {"messages": [], "last_id": 0}
+    assert answer == {"messages": [], "last_id": ticker_of(app).base}
 
 
 def test_long_poll_with_news_waiting_answers_at_once(app, client):
     ticker_of(app).publish("already here")
     started = time.monotonic()
-    assert ids(client.get("/long-poll?since=0&timeout=10").get_json()["messages"]) == [1]
+    assert ids(client.get("/long-poll?since=0&timeout=10").get_json()["messages"]) == nth(ticker_of(app), 1)
     assert time.monotonic() - started < 1
 
 
@@ -153,13 +167,17 @@ def test_sse_streams_every_message_with_its_id():
     assert all(abs(message["ts"] - time.time()) < 5 for message in data)
 
 
-@pytest.mark.parametrize("how", [{"headers": {"Last-Event-ID": "2"}}, {"query": "?lastEventId=2"}],
-                         ids=["header", "query"])
+@pytest.mark.parametrize("how", ["header", "query"])
 def test_sse_resumes_after_last_event_id(app, client, how):
+    ticker = ticker_of(app)
     for n in range(5):
-        ticker_of(app).publish(f"m{n}")
-    stream = read_events(client, "/sse" + how.get("query", ""), limit=3, headers=how.get("headers"))
-    assert [event.id for event in stream.events] == ["3", "4", "5"]
+        ticker.publish(f"m{n}")
+    seen = ticker.base + 2
+    if how == "header":
+        stream = read_events(client, "/sse", limit=3, headers={"Last-Event-ID": str(seen)})
+    else:
+        stream = read_events(client, f"/sse?lastEventId={seen}", limit=3)
+    assert [event.id for event in stream.events] == [str(n) for n in nth(ticker, 3, 4, 5)]
 
 
 def test_quiet_sse_stream_sends_pings():
@@ -184,7 +202,7 @@ def test_one_publish_wakes_every_waiting_listener():
     ticker.publish("all of you")
     for listener in listeners:
         listener.join(timeout=5)
-    assert [[m.id for m in news] for news in woken] == [[1]] * 20
+    assert [[m.id for m in news] for news in woken] == [nth(ticker, 1)] * 20
     assert len({id(news[0].frame) for news in woken}) == 1  # one frame, encoded once
 
 
@@ -204,19 +222,19 @@ def test_stats_count_requests_and_bytes_per_lane(app, client):
     assert poll_body + 2 * 150 < lanes["poll"]["bytes"] < poll_body + 2 * 300
     assert len(bodies[2]) + 150 < lanes["long-poll"]["bytes"] < len(bodies[2]) + 300
     assert lanes["sse"]["bytes"] > 200 + len(ticker_of(app).after(0)[1][0].frame)
-    assert stats["streams"] == 0 and stats["last_id"] == 1 and stats["rate_hz"] == 0.01
+    assert stats["streams"] == 0 and stats["last_id"] == ticker_of(app).base + 1 and stats["rate_hz"] == 0.01
 
 
 @pytest.mark.parametrize("url, headers, message", [
-    ("/poll?since=-1", {}, "since must be an integer from 0 to 1000000000"),
-    ("/poll?since=abc", {}, "since must be an integer from 0 to 1000000000"),
-    ("/poll?since=1.5", {}, "since must be an integer from 0 to 1000000000"),
-    ("/long-poll?since=x", {}, "since must be an integer from 0 to 1000000000"),
+    ("/poll?since=-1", {}, "since must be an integer from 0 to 9007199254740991"),
+    ("/poll?since=abc", {}, "since must be an integer from 0 to 9007199254740991"),
+    ("/poll?since=1.5", {}, "since must be an integer from 0 to 9007199254740991"),
+    ("/long-poll?since=x", {}, "since must be an integer from 0 to 9007199254740991"),
     ("/long-poll?timeout=31", {}, "timeout must be a number from 0 to 30"),
     ("/long-poll?timeout=-1", {}, "timeout must be a number from 0 to 30"),
     ("/long-poll?timeout=soon", {}, "timeout must be a number from 0 to 30"),
-    ("/sse", {"Last-Event-ID": "abc"}, "lastEventId must be an integer from 0 to 1000000000"),
-    ("/sse?lastEventId=-3", {}, "lastEventId must be an integer from 0 to 1000000000"),
+    ("/sse", {"Last-Event-ID": "abc"}, "lastEventId must be an integer from 0 to 9007199254740991"),
+    ("/sse?lastEventId=-3", {}, "lastEventId must be an integer from 0 to 9007199254740991"),
 ])
 def test_bad_input(client, url, headers, message):
     response = client.get(url, headers=headers)
@@ -372,3 +390,39 @@ def test_page_runs_three_lanes_on_the_same_messages(server, page):
     assert int(page.locator("#lane-poll [data-field=requests]").text_content()) >= 3
     assert page.locator("#lane-sse [data-field=mean]").text_content().endswith(" ms")
     assert "id: " in page.locator("#wire").text_content()
+
+
+# --- live: ids across a worker restart ------------------------------------------------
+
+def restart_the_worker(server):
+    """kill -9 the one worker (by pid) and wait until gunicorn's new one answers."""
+    old, = server.worker_pids()
+    os.kill(old, signal.SIGKILL)
+    assert wait_until(lambda: server.worker_pids() not in ([], [old]), timeout=10)
+    assert wait_until(lambda: requests.get(server.url + "/compare/time", timeout=2).ok, timeout=10)
+
+
+@pytest.mark.live
+def test_live_ids_go_on_after_the_worker_is_killed(start_server):
+    # A tick is 25-75 ms at 20 Hz. After a restart a client resuming with an id
+    # from before it gets new messages with higher ids at once (within about a
+    # tick): no replay of ids it has seen, no stall until ids catch up.
+    server = start_server(env=FAST)
+    before = live_events(server.url + "/compare/sse", limit=3)
+    last = int(before.events[-1].id)
+    restart_the_worker(server)
+
+    asked = time.monotonic()
+    resumed = live_events(server.url + "/compare/sse", limit=3, headers={"Last-Event-ID": str(last)})
+    numbers = [int(event.id) for event in resumed.events]
+    assert numbers[0] > last and numbers == list(range(numbers[0], numbers[0] + 3)), (last, numbers)
+    assert resumed.arrivals[0] - asked < 1.0  # a tick or two, not the seconds of a catch-up
+
+    for lane in ("poll?since=", "long-poll?timeout=5&since="):
+        asked, answer = time.monotonic(), {"messages": []}
+        while not answer["messages"] and time.monotonic() - asked < 2:  # poll: may be early
+            answer = requests.get(f"{server.url}/compare/{lane}{last}", timeout=10).json()
+        assert time.monotonic() - asked < 1.0, lane
+        assert ids(answer["messages"]) and min(ids(answer["messages"])) > last, (lane, last, answer)
+        assert answer["last_id"] == max(ids(answer["messages"]))
+    assert requests.get(server.url + "/compare/stats", timeout=5).json()["last_id"] > last
