@@ -81,3 +81,9 @@ def test_the_tutorials_curl_commands_work_as_written(live_server):
     failed = [(command, code, status, error) for command, (code, status, error) in zip(commands, results)
               if code != 0 or not status.isdigit() or not 200 <= int(status) < 400]
     assert not failed, failed
+
+
+def test_the_docs_keep_their_size():
+    # A workshop text, not a lab notebook: the tutorial and the README stay short.
+    assert len((ROOT / "tutorial.md").read_text(encoding="utf-8").splitlines()) <= 1500
+    assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 120
