@@ -3,19 +3,19 @@
 A laptop whose lid closes mid-stream never reads again and never says goodbye. A
 heartbeat does not find it: a write succeeds as long as the kernel can buffer it, and
 once the buffers are full the next write blocks for ever, holding the stream's
-greenlet, its subscription and its memory. Two WSGI middlewares put a deadline on
-each side of the conversation, for every demo at once:
+greenlet, its subscription and its memory. Two deadlines, one on
+each side of the conversation, for every demo at once, in one layer (Deadlines):
 
-- SendDeadline: a response whose client has taken no bytes for SEND_TIMEOUT s while
+- The send deadline: a response whose client has taken no bytes for SEND_TIMEOUT s while
   some wait for it is cut. One watch thread per process looks at every response once
-  a second: how many bytes the server wrote, and (Linux) how many still sit in the
-  kernel's send queue unacknowledged; elsewhere, whether a write has been blocked
-  that long. It shuts the socket down; the write fails, the server closes the
-  response, and the stream's `finally` releases what it held (subscription, queue,
-  upstream). A client that reads, however slowly, misses nothing. On Linux the socket
-  also gets TCP_USER_TIMEOUT, so the kernel gives up on a peer that acknowledges
-  nothing at all (a sleeping laptop) after as long.
-- BodyDeadline: a request body must have arrived whole within BODY_TIMEOUT s, however
+  a second, in the kernel's own words on Linux (bytes the client acknowledged, bytes
+  still queued for it: no per-chunk work); elsewhere by counting the bytes the server
+  has written, so a write blocked that long shows. It shuts the socket down; the
+  write fails, the server closes the response, and the stream's `finally` releases
+  what it held (subscription, queue, upstream). A client that reads, however slowly,
+  misses nothing. On Linux the socket also gets TCP_USER_TIMEOUT, so the kernel gives
+  up on a peer that acknowledges nothing at all (a sleeping laptop) after as long.
+- The body deadline: a request body must have arrived whole within BODY_TIMEOUT s, however
   slowly it trickles (each read waits at most what is left); otherwise 408 and the
   connection is closed.
 
@@ -39,41 +39,68 @@ except ImportError:  # Windows
 from streamkit import web
 
 WATCHED = set()  # responses of this process being written now
+GUARDED = set()  # sockets whose request an outer Deadlines is passing on right now
 _watch = {"pid": None}
 _lock = threading.Lock()
 
 
-class SendDeadline:
-    """WSGI middleware: a response whose client takes no bytes for `seconds` is cut."""
-
-    def __init__(self, app, seconds):
-        self.app, self.seconds = app, seconds
-
-    def __call__(self, environ, start_response):
-        sock = web.connection_socket(environ)
-        if sock is None or "kit.send_deadline" in environ:  # the test client; or watched already
-            return self.app(environ, start_response)
-        environ["kit.send_deadline"] = self.seconds
-        if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(self.seconds * 1000))
-            except OSError:
-                pass  # not a TCP socket
-        return Watched(self.app(environ, start_response), sock, self.seconds)
+def watched(body, sock, seconds):
+    """The response body `body`, looked after by the watch (see Watched)."""
+    if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux: the kernel gives up on a silent peer too
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000))
+        except OSError:
+            pass  # not a TCP socket
+    return (Watched if KERNEL_SAYS else Counted)(body, sock, seconds)
 
 
 class Watched:
-    """A response body that counts the bytes the server has written of it: the server
-    asks for the next chunk only once it has written the last one."""
+    """A response the watch looks after. The server iterates the body itself (no frame
+    of ours between it and each chunk: a parked greenlet's saved stack would grow by
+    kilobytes) and calls close() at the end. Where the kernel reports what the client
+    acknowledged (Linux's TCP_INFO), that is the client's progress."""
 
-    __slots__ = ("body", "iterator", "sock", "seconds", "written", "pending", "taken", "stuck_since")
+    __slots__ = ("body", "sock", "seconds", "taken", "stuck_since")
 
     def __init__(self, body, sock, seconds):
-        self.body, self.iterator, self.sock, self.seconds = body, iter(body), sock, seconds
-        self.written = self.pending = 0  # bytes written; bytes of the chunk being written
-        self.taken, self.stuck_since = 0, None  # what the watch saw last
+        self.body, self.sock, self.seconds = body, sock, seconds
+        self.taken, self.stuck_since = None, None  # what the watch saw last
         start_watch(seconds)
         WATCHED.add(self)
+
+    def __iter__(self):
+        return iter(self.body)
+
+    def close(self):
+        WATCHED.discard(self)
+        if hasattr(self.body, "close"):
+            self.body.close()
+
+    def progress(self):
+        """(bytes the client has taken, bytes still waiting for it), or None if unknown."""
+        queued, acked = unsent(self.sock), acknowledged(self.sock)
+        return None if queued is None or acked is None else (acked, queued)
+
+    def check(self, now):
+        """True when the client has taken no bytes for `seconds` while some wait for it."""
+        seen = self.progress()
+        if seen is None or seen[0] != self.taken or not seen[1]:  # progress, or nothing to take
+            self.taken, self.stuck_since = seen and seen[0], None
+            return False
+        if self.stuck_since is None:
+            self.stuck_since = now
+        return now - self.stuck_since > self.seconds
+
+
+class Counted(Watched):
+    """Where the kernel does not say (macOS, Windows): count the bytes the server wrote,
+    chunk by chunk; a write blocked on a full buffer shows as no progress."""
+
+    __slots__ = ("iterator", "written", "pending")
+
+    def __init__(self, body, sock, seconds):
+        super().__init__(body, sock, seconds)
+        self.iterator, self.written, self.pending = iter(body), 0, 0
 
     def __iter__(self):
         return self
@@ -85,32 +112,28 @@ class Watched:
         self.pending = len(chunk)
         return chunk
 
-    def close(self):
-        WATCHED.discard(self)
-        if hasattr(self.body, "close"):
-            self.body.close()
-
-    def check(self, now):
-        """True when the client has taken no bytes for `seconds` while some wait for it."""
-        queued = unsent(self.sock)  # in the kernel's send queue, not yet acknowledged
-        taken = self.written - (queued or 0)
-        if taken != self.taken or not (self.pending or queued):  # progress, or nothing to take
-            self.taken, self.stuck_since = taken, None
-            return False
-        if self.stuck_since is None:
-            self.stuck_since = now
-        return now - self.stuck_since > self.seconds
+    def progress(self):
+        return self.written, self.pending
 
 
 def unsent(sock):
-    """Bytes in the socket's send queue that the peer has not acknowledged (Linux's
-    SIOCOUTQ): they pile up there long before a write blocks. None where unknown."""
-    if TIOCOUTQ is None:
-        return None
+    """Bytes in the socket's send queue that the peer has not acknowledged (SIOCOUTQ)."""
     try:
         return struct.unpack("i", fcntl.ioctl(sock.fileno(), TIOCOUTQ, b"\0\0\0\0"))[0]
     except (OSError, ValueError):
+        return None  # closed
+
+
+def acknowledged(sock):
+    """Bytes of this connection the peer has acknowledged (struct tcp_info's bytes_acked)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    except (OSError, ValueError):
         return None
+    return struct.unpack_from("Q", info, 120)[0] if len(info) >= 128 else None
+
+
+KERNEL_SAYS = TIOCOUTQ is not None and hasattr(socket, "TCP_INFO")  # Linux
 
 
 def start_watch(seconds):
@@ -135,40 +158,54 @@ def watch(every):
                     pass  # closed already
 
 
-class BodyDeadline:
-    """WSGI middleware: the request body, read whole within `seconds`, or a 408."""
+class Deadlines:
+    """WSGI middleware, one layer for both deadlines: the request body must arrive
+    within `body_seconds` (else 408), and the response's client must keep taking
+    bytes (see Watched). Each layer of middleware costs every parked stream memory
+    (about 4 KiB at 10,000 streams, bench/README.md), so both share one."""
 
-    def __init__(self, app, seconds, limit):
-        self.app, self.seconds, self.limit = app, seconds, limit
+    def __init__(self, app, send_seconds, body_seconds, limit):
+        self.app, self.seconds, self.body_seconds, self.limit = app, send_seconds, body_seconds, limit
 
     def __call__(self, environ, start_response):
+        sock = web.connection_socket(environ)
+        # Nothing is added to the environ: it lives as long as the stream.
+        if sock is None or sock in GUARDED:  # the test client; or an outer layer has it
+            return self.app(environ, start_response)
+        GUARDED.add(sock)
+        try:
+            early = self.read_body(environ, start_response)
+            body = early or self.app(environ, start_response)
+        finally:
+            GUARDED.discard(sock)
+        return body if early else watched(body, sock, self.seconds)
+
+    def read_body(self, environ, start_response):
+        """Read the body within the deadline and hand it on; or answer 408 (returned)."""
         length = environ.get("CONTENT_LENGTH") or ""
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-        if "kit.body_deadline" in environ or not (chunked or (length.isdigit() and int(length) > 0)):
-            return self.app(environ, start_response)
-        environ["kit.body_deadline"] = self.seconds
-        if length.isdigit() and int(length) > self.limit:
-            return self.app(environ, start_response)  # Flask answers 413 without reading it
+        if not (chunked or (length.isdigit() and int(length) > 0)) or (length.isdigit() and int(length) > self.limit):
+            return None  # no body; or one Flask refuses (413) without reading it
         try:
             body = self.read(environ, int(length) if length.isdigit() else None)
         except TimeoutError:
             body = None
         if body is None:
-            message = f"the request body did not arrive within BODY_TIMEOUT ({self.seconds:g} s)"
+            message = f"the request body did not arrive within BODY_TIMEOUT ({self.body_seconds:g} s)"
             answer = json.dumps({"error": message}).encode()
             start_response("408 Request Timeout", [("Content-Type", "application/json"),
                                                    ("Content-Length", str(len(answer)))])
             return CloseAfter([answer], web.connection_socket(environ))
         environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
-        return self.app(environ, start_response)
+        return None
 
     def read(self, environ, length):
         """The body, or None if it was not all there in time. At the deadline a timer
         shuts the socket for reading: the read in progress returns what it has."""
         sock, stream = web.connection_socket(environ), environ["wsgi.input"]
         late = threading.Event()
-        timer = threading.Timer(self.seconds, cut_reading, (sock, late)) if sock is not None else None
+        timer = threading.Timer(self.body_seconds, cut_reading, (sock, late)) if sock is not None else None
         if timer is not None:
             timer.daemon = True
             timer.start()

@@ -38,8 +38,7 @@ def guarded(wsgi_app, config):
     """`wsgi_app` with the deadlines of streamkit/guards.py: a stream whose client takes
     nothing for SEND_TIMEOUT s is cut; a body not in after BODY_TIMEOUT s is a 408."""
     from streamkit import guards  # here: guards imports this module
-    wsgi_app = guards.BodyDeadline(wsgi_app, config["BODY_TIMEOUT"], config["MAX_CONTENT_LENGTH"])
-    return guards.SendDeadline(wsgi_app, config["SEND_TIMEOUT"])
+    return guards.Deadlines(wsgi_app, config["SEND_TIMEOUT"], config["BODY_TIMEOUT"], config["MAX_CONTENT_LENGTH"])
 
 
 class JSONProvider(DefaultJSONProvider):

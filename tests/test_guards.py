@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from demos import hub
-from streamkit import sse
+from streamkit import guards, sse
 from tests.conftest import wait_until
 
 
@@ -76,6 +76,22 @@ def read_until_stop(url, got):
                 got.append(event)
                 if json.loads(event.data)["message"] == "stop":
                     return
+
+
+def test_where_the_kernel_does_not_say_a_blocked_write_shows_as_no_progress():
+    # macOS and Windows: the bytes the server wrote are counted, chunk by chunk.
+    response = guards.Counted([b"x" * 5, b"y" * 5], None, seconds=1)
+    try:
+        chunks = iter(response)
+        next(chunks)  # handed to the server, being written
+        assert not response.check(0.0)  # first look
+        assert not response.check(0.5)  # no progress yet, but not for a second
+        assert response.check(1.6)  # the write has been blocked for over a second
+        next(chunks)  # the first chunk was written after all: progress
+        assert not response.check(1.7)
+    finally:
+        response.close()
+    assert response not in guards.WATCHED
 
 
 def trickle(port, path, body, every):
