@@ -6,9 +6,10 @@ stream under `/gzip/` through a gzip middleware (it arrives in a lump; under
 `/gzip-flush/` it does not), `delay` (silence before the first event, which an
 idle timeout cuts) and `heartbeat` (pings that keep it alive and notice a departed
 client), `end`, `ids` and `retry` + `jitter` (the ways out of a reconnect storm).
-The page adds a live count of producers still running and seven streams to one
-host. The wrong worker: bench/workers.py; the proxy: deploy/nginx.conf.
-Unlike the other demos its defaults are the pitfalls: no heartbeat, no end event.
+The page adds a live count of producers still running, seven streams to one host,
+and closed laptop lids (POST /lids: clients that never read, cut at SEND_TIMEOUT).
+The wrong worker: bench/workers.py; the proxy: deploy/nginx.conf. Its defaults are
+the pitfalls: no heartbeat, no end event.
 Run: flask --app demos.pitfalls run --debug   (alone), or the hub at /pitfalls/
 Watch the raw stream: curl -N "http://127.0.0.1:8000/pitfalls/stream?count=3&interval=0.5"
 Through the gzip middleware: curl -N --compressed "http://127.0.0.1:8000/pitfalls/gzip/stream?count=3"
@@ -21,7 +22,7 @@ import zlib
 from flask import Response, jsonify, render_template, request
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from streamkit import sse, web
+from streamkit import guards, sse, web
 
 RUNNING = set()  # streams whose generator has not finished: the page shows the count
 
@@ -58,6 +59,15 @@ def create_app(test_config=None):
             return Response(frames, mimetype="text/event-stream")
         return sse.event_stream(frames)
 
+    @app.post("/lids")
+    def lids():
+        """Opens `count` clients of a busy stream that never read, as closed laptops do."""
+        count, base = web.number_arg("count", 5, 1, 50, int), web.own_url(request.environ)
+        if base is None:
+            web.fail("closing laptop lids needs a TCP server (gunicorn, flask run, python -m demos serve)")
+        guards.close_lids(base, f"{request.script_root}/stream?count=1000&interval=0.01", count)
+        return jsonify(opened=count, send_timeout=app.config["SEND_TIMEOUT"]), 202
+
     @app.get("/stats")
     def stats():
         """How many stream generators are still running: the page polls it."""
@@ -81,24 +91,12 @@ def ticks(count, interval, delay=0.0, heartbeat=None, ids=False, first=1, end=Fa
         if heartbeat is not None:
             yield sse.PING  # first bytes at once: the headers leave with it
         for n in range(first, count + 1):
-            yield from silence(delay if n == first else interval, heartbeat)
+            yield from sse.pings(delay if n == first else interval, heartbeat)
             yield sse.format_event(json.dumps({"n": n, "ts": time.time()}), id=n if ids else None)
         if end:
             yield sse.format_event(json.dumps({"last": count}), event="end")
     finally:  # runs when the stream ends, or when the server closes us after a failed write
         RUNNING.discard(token)
-
-
-def silence(seconds, heartbeat):
-    """Wait `seconds`, yielding a ': ping' every `heartbeat` seconds meanwhile (the
-    heartbeat story of streamkit/sse.py: this stream keeps its own time)."""
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        if heartbeat is None or left <= heartbeat:
-            time.sleep(left)
-            return
-        time.sleep(heartbeat)
-        yield sse.PING
 
 
 class Gzip:

@@ -97,7 +97,17 @@ function showProducers(stats, why) {
   field("producers").textContent = stats ? stats.producers : `(${why})`;
 }
 
+// The server opens clients of a busy stream that never read (closed laptop lids).
+async function closeLids(event) {
+  const response = await fetch(`${event.target.dataset.lidsUrl}?count=5`, { method: "POST" });
+  const answer = await response.json();
+  field("lids-status").textContent = response.ok
+    ? `${answer.opened} lids closed at ${new Date().toLocaleTimeString()}; let go after ~${answer.send_timeout} s`
+    : answer.error;
+}
+
 form.addEventListener("submit", start);
+field("lids").addEventListener("click", closeLids);
 field("stop").addEventListener("click", stop);
 for (const button of document.querySelectorAll("[data-preset]")) button.addEventListener("click", preset);
 pollStats(() => main.dataset.statsUrl, showProducers, 500);

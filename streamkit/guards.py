@@ -244,3 +244,27 @@ class CloseAfter:
                 self.sock.shutdown(socket.SHUT_RD)  # the rest of that body is never read
             except OSError:
                 pass
+
+
+LIDS = []  # (socket, opened at) of the clients close_lids() opened, closed after LID_LIFE s
+LID_LIFE = 300.0
+
+
+def close_lids(base_url, path, count):
+    """Open `count` clients of `path` on this server that never read: closed laptops,
+    for the pitfalls page. Each sends its GET and is never read from again; a tiny
+    receive window makes the server's writes back up after a few kilobytes. They are
+    closed after LID_LIFE s, however long the server holds their streams."""
+    host, port = base_url.rsplit("//", 1)[1].rsplit(":", 1)
+    for _ in range(count):
+        lid = socket.socket(socket.AF_INET6 if host.startswith("[") else socket.AF_INET)
+        lid.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        lid.connect((host.strip("[]"), int(port)))
+        lid.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        LIDS.append((lid, time.monotonic()))
+    threading.Timer(LID_LIFE, forget_lids).start()
+
+
+def forget_lids():
+    while LIDS and time.monotonic() - LIDS[0][1] >= LID_LIFE - 1:
+        LIDS.pop(0)[0].close()

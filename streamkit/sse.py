@@ -8,12 +8,13 @@ Heartbeats, one story for every stream in the kit: a stream that can go quiet wr
 the comment `: ping` when it has written nothing for its heartbeat. The ping keeps
 proxies and load balancers from cutting an idle connection, and it is the only way a
 WSGI server learns that the client left: it notices when a write fails. What differs
-is only who keeps the time. One stream waits with a timeout (drain() below, a
-generator's sleep); thousands of streams that share one source are woken together
+is only who keeps the time. One stream waits with a timeout (drain() below for a
+push producer's mailbox, pings() for a generator's sleep); thousands of streams that share one source are woken together
 by it, so none needs a timer of its own (fanout.Ringer; the relay's watch).
 """
 import queue
 import re
+import time
 from typing import NamedTuple
 
 from flask import Response
@@ -87,6 +88,18 @@ def _as_bytes(frames):
     finally:  # the server closes us when the client has gone: pass it on
         if hasattr(frames, "close"):
             frames.close()
+
+
+def pings(seconds, heartbeat=None):
+    """Wait `seconds`, yielding a ': ping' every `heartbeat` seconds meanwhile (None:
+    a truly silent wait). For a generator that keeps its own time between events."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if heartbeat is None or left <= heartbeat:
+            time.sleep(left)
+            return
+        time.sleep(heartbeat)
+        yield PING
 
 
 def drain(mailbox, heartbeat):

@@ -409,3 +409,22 @@ def test_page_seventh_stream_to_one_host_waits_for_a_free_connection(live_server
     page.click("#close-one")
     page.wait_for_function("document.querySelector('#seven li:nth-child(7)').className === 'open'")
     page.click("#close-seven")
+
+
+@pytest.mark.browser
+def test_the_laptop_lid_is_held_then_let_go_at_send_timeout(start_server, page):
+    # Chapter 7: clients that never read are held by the server until SEND_TIMEOUT.
+    server = start_server(env={"SEND_TIMEOUT": "1"})
+    page.goto(server.url + "/pitfalls/")
+    producers = "Number(document.getElementById('producers').textContent)"
+    page.wait_for_function(f"{producers} === 0")
+    page.click("#lids")
+    page.wait_for_function(f"{producers} === 5")  # held: nobody reads them
+    assert "let go after ~1 s" in page.locator("#lids-status").text_content()
+    page.wait_for_function(f"{producers} === 0", timeout=10_000)  # cut at SEND_TIMEOUT
+
+
+def test_laptop_lids_need_a_server_with_a_socket(client):
+    response = client.post("/lids?count=5")
+    assert response.status_code == 400 and "TCP server" in response.get_json()["error"]
+    assert client.post("/lids?count=51").status_code == 400
