@@ -142,9 +142,10 @@ def test_a_body_that_trickles_in_is_cut_with_a_408(start_server, path):
 
 
 def json_endpoints():
+    """Every POST endpoint but /pitfalls/lids, which reads no body (it opens sockets)."""
     for prefix, module in hub.DEMOS.items():
         for rule in module.app.url_map.iter_rules():
-            if "POST" in rule.methods and not rule.arguments:
+            if "POST" in rule.methods and not rule.arguments and rule.rule != "/lids":
                 yield f"/{prefix}{rule.rule}"
 
 
