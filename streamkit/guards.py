@@ -248,6 +248,7 @@ class CloseAfter:
 
 LIDS = []  # (socket, opened at) of the clients close_lids() opened, closed after LID_LIFE s
 LID_LIFE = 300.0
+MAX_LIDS = 50  # open at once, whoever asks: a demo must not become a way to exhaust sockets
 
 
 def close_lids(base_url, path, count):
@@ -255,6 +256,9 @@ def close_lids(base_url, path, count):
     for the pitfalls page. Each sends its GET and is never read from again; a tiny
     receive window makes the server's writes back up after a few kilobytes. They are
     closed after LID_LIFE s, however long the server holds their streams."""
+    forget_lids()
+    if len(LIDS) + count > MAX_LIDS:
+        return False
     host, port = base_url.rsplit("//", 1)[1].rsplit(":", 1)
     for _ in range(count):
         lid = socket.socket(socket.AF_INET6 if host.startswith("[") else socket.AF_INET)
@@ -262,9 +266,13 @@ def close_lids(base_url, path, count):
         lid.connect((host.strip("[]"), int(port)))
         lid.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
         LIDS.append((lid, time.monotonic()))
-    threading.Timer(LID_LIFE, forget_lids).start()
+    timer = threading.Timer(LID_LIFE, forget_lids)
+    timer.daemon = True
+    timer.start()
+    return True
 
 
 def forget_lids():
+    """Close the lids opened LID_LIFE s ago (or nearly: a timer may fire early)."""
     while LIDS and time.monotonic() - LIDS[0][1] >= LID_LIFE - 1:
         LIDS.pop(0)[0].close()

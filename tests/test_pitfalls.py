@@ -428,3 +428,13 @@ def test_laptop_lids_need_a_server_with_a_socket(client):
     response = client.post("/lids?count=5")
     assert response.status_code == 400 and "TCP server" in response.get_json()["error"]
     assert client.post("/lids?count=51").status_code == 400
+
+
+@pytest.mark.live
+def test_laptop_lids_are_capped(start_server):
+    # Each lid is a socket the server opens to itself: a client must not be able to
+    # make it open thousands of them.
+    server = start_server()
+    answers = [requests.post(f"{server.url}/pitfalls/lids?count=25", timeout=5) for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [202, 202, 429]
+    assert "at most 50 lids" in answers[2].json()["error"]
