@@ -89,13 +89,15 @@ def when_ready(server):
             host, port = address[0], address[1]
             shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
             print(f"Serving the demos at http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
+        else:  # a unix socket, for a proxy in front
+            print(f"Serving the demos on the unix socket {address} (Ctrl-C stops)", flush=True)
 
 
 def worker_int(worker):
     """Ctrl-C in a terminal signals every process in it: the worker gets SIGINT, then
     the master's SIGQUIT. The second must not raise SystemExit into a worker that is
     already on its way out (gevent then prints a "failed with SystemExit" traceback)."""
-    if getattr(worker, "kit_quitting", False):
+    if getattr(worker, "kit_quitting", False) and type(worker).__module__.endswith("ggevent"):
         from gevent import GreenletExit  # only in a gevent worker, after its patching
         raise GreenletExit  # ends this signal's greenlet quietly
     worker.kit_quitting = True

@@ -47,13 +47,20 @@ class Server(WSGIServer):
         super().handle(sock, address)
 
 
+def port_number(text):
+    """--port: 0 to 65535 (0: any free port), or argparse's one-line error."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {text!r}")
+    return int(text)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m demos")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve the hub, or one demo at /")
     serve.add_argument("demo", nargs="?", choices=list(hub.DEMOS))
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=port_number, default=8000)
     commands.add_parser("list", help="name the demos, in reading order")
     args = parser.parse_args(argv)
 

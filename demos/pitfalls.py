@@ -65,8 +65,11 @@ def create_app(test_config=None):
         count, base = web.number_arg("count", 5, 1, 50, int), web.own_url(request.environ)
         if base is None:
             web.fail("closing laptop lids needs a TCP server (gunicorn, flask run, python -m demos serve)")
-        if not guards.close_lids(base, f"{request.script_root}/stream?count=1000&interval=0.01", count):
-            web.fail(f"at most {guards.MAX_LIDS} lids are open at once; they close after 5 minutes", 429)
+        try:
+            if not guards.close_lids(base, f"{request.script_root}/stream?count=1000&interval=0.01", count):
+                web.fail(f"at most {guards.MAX_LIDS} lids are open at once; they close after 5 minutes", 429)
+        except OSError as error:
+            web.fail(f"could not open the lids ({type(error).__name__})", 503)
         return jsonify(opened=count, send_timeout=app.config["SEND_TIMEOUT"]), 202
 
     @app.get("/stats")

@@ -53,13 +53,16 @@ def create_app(test_config=None):
     @app.route("/simple", methods=["GET", "POST"])
     def simple():
         """The simple relay: POST {"messages": […]} (fetch), or GET ?q=… (EventSource)."""
+        if request.method == "HEAD":  # headers only: never start (and pay for) an answer
+            return sse.event_stream(())
         messages, fault, key = relaying.read_messages(), read_fault(builtin), config["UPSTREAM_API_KEY"]
         call = relaying.upstream_request(config, messages, fault, request.environ)
         try:
             upstream = requests.post(**call, stream=True, timeout=(3.05, config["UPSTREAM_TIMEOUT"]))
         except requests.RequestException as error:  # refused, unreachable, or no answer in time
             web.fail(f"could not reach the upstream at {call['url']} ({type(error).__name__})", 502)
-        if upstream.status_code != 200:  # nothing sent yet: the client gets a real HTTP status
+        # Nothing sent yet: an answer that is not a 200 event stream is the client's HTTP error.
+        if upstream.status_code != 200 or "event-stream" not in upstream.headers.get("Content-Type", ""):
             with upstream:
                 said = llm.error_message(upstream.raw.read(65536))
             status = upstream.status_code if upstream.status_code in (401, 429) else 502

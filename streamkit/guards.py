@@ -24,6 +24,7 @@ deploy/nginx.conf.
 """
 import io
 import json
+import logging
 import socket
 import struct
 import threading
@@ -38,10 +39,12 @@ except ImportError:  # Windows
 
 from streamkit import web
 
+log = logging.getLogger(__name__)
+
 WATCHED = set()  # responses of this process being written now
 GUARDED = set()  # sockets whose request an outer Deadlines is passing on right now
 _watch = {"pid": None}
-_lock = threading.Lock()
+_lock = threading.RLock()  # the watch start, the lids
 
 
 def watched(body, sock, seconds):
@@ -150,7 +153,12 @@ def watch(every):
         time.sleep(every)
         now = time.monotonic()
         for response in list(WATCHED):
-            if response.check(now):
+            try:
+                stuck = response.check(now)
+            except Exception:  # never let one odd socket end the watch for the whole process
+                log.exception("send deadline: could not check a response")
+                continue
+            if stuck:
                 WATCHED.discard(response)
                 try:
                     response.sock.shutdown(socket.SHUT_RDWR)  # a blocked write fails now, the next one too
@@ -184,21 +192,28 @@ class Deadlines:
         """Read the body within the deadline and hand it on; or answer 408 (returned)."""
         length = environ.get("CONTENT_LENGTH") or ""
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-        if not (chunked or (length.isdigit() and int(length) > 0)) or (length.isdigit() and int(length) > self.limit):
-            return None  # no body; or one Flask refuses (413) without reading it
+        if not (chunked or (length.isdigit() and int(length) > 0)):
+            return None  # no body
+        if length.isdigit() and int(length) > self.limit:  # refused unread: the rest is never read either
+            return self.refuse(environ, start_response, "413 Request Entity Too Large",
+                               f"request body too large: at most {self.limit // 1024} KiB is accepted")
         try:
             body = self.read(environ, int(length) if length.isdigit() else None)
         except TimeoutError:
             body = None
         if body is None:
-            message = f"the request body did not arrive within BODY_TIMEOUT ({self.body_seconds:g} s)"
-            answer = json.dumps({"error": message}).encode()
-            start_response("408 Request Timeout", [("Content-Type", "application/json"),
-                                                   ("Content-Length", str(len(answer)))])
-            return CloseAfter([answer], web.connection_socket(environ))
+            return self.refuse(environ, start_response, "408 Request Timeout",
+                               f"the request body did not arrive within BODY_TIMEOUT ({self.body_seconds:g} s)")
         environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
         return None
+
+    @staticmethod
+    def refuse(environ, start_response, status, message):
+        """A JSON error, after which the connection closes: its body is never read."""
+        answer = json.dumps({"error": message}).encode()
+        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
+        return CloseAfter([answer], web.connection_socket(environ))
 
     def read(self, environ, length):
         """The body, or None if it was not all there in time. At the deadline a timer
@@ -216,8 +231,8 @@ class Deadlines:
         finally:
             if timer is not None:
                 timer.cancel()
-        if late.is_set() or (length is not None and len(body) < length):
-            return None
+        if len(body) < length if length is not None else late.is_set():
+            return None  # (a whole body that beat the timer by a hair still counts)
         return body
 
 
@@ -255,17 +270,26 @@ def close_lids(base_url, path, count):
     """Open `count` clients of `path` on this server that never read: closed laptops,
     for the pitfalls page. Each sends its GET and is never read from again; a tiny
     receive window makes the server's writes back up after a few kilobytes. They are
-    closed after LID_LIFE s, however long the server holds their streams."""
-    forget_lids()
-    if len(LIDS) + count > MAX_LIDS:
-        return False
+    closed after LID_LIFE s, however long the server holds their streams. False when
+    MAX_LIDS are open; OSError (those opened closed again) when one cannot connect."""
     host, port = base_url.rsplit("//", 1)[1].rsplit(":", 1)
-    for _ in range(count):
-        lid = socket.socket(socket.AF_INET6 if host.startswith("[") else socket.AF_INET)
-        lid.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        lid.connect((host.strip("[]"), int(port)))
-        lid.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
-        LIDS.append((lid, time.monotonic()))
+    with _lock:
+        forget_lids()
+        if len(LIDS) + count > MAX_LIDS:
+            return False
+        opened = []
+        try:
+            for _ in range(count):
+                lid = socket.socket(socket.AF_INET6 if host.startswith("[") else socket.AF_INET)
+                opened.append(lid)
+                lid.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                lid.connect((host.strip("[]"), int(port)))
+                lid.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        except OSError:
+            for lid in opened:
+                lid.close()
+            raise
+        LIDS.extend((lid, time.monotonic()) for lid in opened)
     timer = threading.Timer(LID_LIFE, forget_lids)
     timer.daemon = True
     timer.start()
@@ -275,4 +299,7 @@ def close_lids(base_url, path, count):
 def forget_lids():
     """Close the lids opened LID_LIFE s ago (or nearly: a timer may fire early)."""
     while LIDS and time.monotonic() - LIDS[0][1] >= LID_LIFE - 1:
-        LIDS.pop(0)[0].close()
+        try:
+            LIDS.pop(0)[0].close()
+        except IndexError:  # another caller took it
+            break

@@ -141,6 +141,25 @@ def test_a_body_that_trickles_in_is_cut_with_a_408(start_server, path):
                          stream=True, timeout=10).status_code < 400
 
 
+@pytest.mark.live
+@pytest.mark.parametrize("server_kind", ["gunicorn", "serve"])
+def test_a_body_too_large_is_refused_and_the_connection_closed(start_server, run_alone, server_kind):
+    # Refused unread, its rest must not keep the connection (and a greenlet) waiting:
+    # under python -m demos serve it was held for as long as the client liked.
+    env = {"BODY_TIMEOUT": "1"}
+    url = start_server(env=env).url if server_kind == "gunicorn" else run_alone(
+        "demos", "serve", ready="/healthz", env=env)
+    client = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=5)
+    client.sendall(b"POST /relay/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: 100000\r\n\r\n{")
+    answer, began = b"", time.monotonic()
+    while chunk := client.recv(65536):  # until the server closes
+        answer += chunk
+    client.close()
+    assert answer.startswith(b"HTTP/1.1 413") and b"at most 64 KiB" in answer
+    assert time.monotonic() - began < 3
+
+
 def json_endpoints():
     """Every POST endpoint but /pitfalls/lids, which reads no body (it opens sockets)."""
     for prefix, module in hub.DEMOS.items():

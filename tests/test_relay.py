@@ -534,6 +534,19 @@ def test_live_client_abort_closes_a_silent_upstream(start_server):
     assert wait_until(lambda: relay_upstreams(server) == 0, timeout=2)
 
 
+@pytest.mark.parametrize("path", ["chat", "simple"])
+def test_a_200_that_is_not_an_event_stream_is_a_502(path):
+    # An upstream that ignores "stream": true (or a proxy's HTML page) answers 200 with
+    # something else: both relays say so before the first byte, as an HTTP error.
+    json_llm = Flask("json-llm")
+    json_llm.post("/v1/chat/completions")(lambda: {"choices": [{"message": {"content": "whole"}}]})
+    with serving(json_llm) as upstream:
+        app = relay.create_app({"UPSTREAM_BASE_URL": upstream + "/v1", "UPSTREAM_MODEL": "m"})
+        with serving(app) as base:
+            status, body = chat(base, path=path)
+    assert status == 502 and body["error"].startswith("the upstream answered 200"), body
+
+
 def test_the_simple_relay_is_one_short_view_and_one_generator():
     # The chapter opens with it whole: it must stay small enough to read in one go.
     lines = source("demos/relay.py", "create_app.simple", "relay_simply").splitlines()
