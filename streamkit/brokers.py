@@ -67,6 +67,7 @@ def publish_with_id(client):
         local us = now[1] .. string.format('%06d', tonumber(now[2]))
         redis.call('SET', KEYS[1], us, 'NX')  -- only where the counter is missing
         local id = redis.call('INCR', KEYS[1])
+        redis.call('EXPIRE', KEYS[1], 86400)  -- quiet a day: forgotten, then seeded afresh
         -- %d: plain `id .. ' '` writes a 16-digit id as 1.7962819328156e+15
         redis.call('PUBLISH', ARGV[1], string.format('%d ', id) .. ARGV[2])
         return id

@@ -291,7 +291,10 @@ def wake_quiet_relays():
     whose upstream has sent nothing for UPSTREAM_TIMEOUT s is cut off (a 504 relay-error)."""
     while True:
         time.sleep(HEARTBEAT / 2)
-        visit(time.monotonic())
+        try:
+            visit(time.monotonic())
+        except Exception:  # never let one odd relay end the watch for every relay
+            LOG.exception("relay: the watch failed a round")
 
 
 def visit(now):

@@ -130,10 +130,12 @@ class EventParser:
     Lines are cut on bytes and decoded whole, so a character split across two
     reads comes out intact; only CR, LF and CRLF end a line (never U+2028 or
     the other breaks str.splitlines() knows); an event is dispatched only by
-    its closing blank line.
+    its closing blank line. A line or an event longer than `limit` bytes is a
+    ValueError: an upstream that never ends a line must not fill our memory.
     """
 
-    def __init__(self):
+    def __init__(self, limit=1 << 20):
+        self.limit, self._line_size, self._data_size = limit, 0, 0  # bytes held meanwhile
         self._pending = []  # pieces of a line not yet ended, joined once it ends
         self._skip_lf = False  # the last chunk ended in CR: a leading LF is its pair
         self._first_line = True
@@ -151,6 +153,8 @@ class EventParser:
         self._skip_lf = last == b"\r"
         if b"\n" not in chunk and b"\r" not in chunk:
             self._pending.append(chunk)  # no line end yet: keep it, copy nothing
+            self._line_size += len(chunk)
+            self._check()
             return []
         if self._pending:
             self._pending.append(chunk)
@@ -158,12 +162,18 @@ class EventParser:
         lines = chunk.splitlines()  # on bytes, exactly SSE's line ends: CR, LF, CRLF
         # Bytes after the last line end start the next line.
         self._pending = [] if last in (b"\n", b"\r") else [lines.pop()]
+        self._line_size = len(self._pending[0]) if self._pending else 0
         events = []
         for raw in lines:
             event = self._line(raw)
             if event is not None:
                 events.append(event)
+        self._check()
         return events
+
+    def _check(self):
+        if self._line_size + self._data_size > self.limit:
+            raise ValueError(f"an SSE line or event longer than {self.limit} bytes")
 
     def _line(self, raw):
         if self._first_line:
@@ -179,6 +189,7 @@ class EventParser:
             value = value[1:]
         if name == "data":
             self._data.append(value)
+            self._data_size += len(value)
         elif name == "event":
             self._event = value
         elif name == "id" and "\0" not in value:
@@ -192,7 +203,7 @@ class EventParser:
         # "dispatch the event", step 1), so a cut-off event is asked for again.
         self.last_event_id = self._id
         data, event = self._data, self._event
-        self._data, self._event = [], ""
+        self._data, self._event, self._data_size = [], "", 0
         if not data:
             return None  # nothing to dispatch: browsers fire no event here either
         return Event("\n".join(data), event or "message", self._id)

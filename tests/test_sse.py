@@ -188,3 +188,21 @@ def test_drain_pings_then_ends():
     mailbox.put("data: x\n\n")
     mailbox.put(None)
     assert list(frames) == ["data: x\n\n"]
+
+
+@pytest.mark.parametrize("pieces", [
+    [b"data: " + b"x" * 700] * 3,  # one line that never ends, in three reads
+    [b"data: " + b"x" * 600 + b"\n"] * 3,  # data lines with no blank line to dispatch them
+], ids=["endless-line", "endless-event"])
+def test_a_line_or_event_past_the_limit_is_refused(pieces):
+    # An upstream that never ends a line or an event must not fill the relay's memory.
+    parser = EventParser(limit=1500)
+    with pytest.raises(ValueError, match="longer than 1500 bytes"):
+        for piece in pieces:
+            parser.feed(piece)
+
+
+def test_the_limit_counts_each_event_afresh():
+    parser = EventParser(limit=1500)
+    for _ in range(10):  # 10 events of 1 KB each: every one under the limit
+        assert [event.data for event in parser.feed(b"data: " + b"y" * 1000 + b"\n\n")] == ["y" * 1000]
