@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 WATCHED = set()  # responses of this process being written now
 GUARDED = set()  # sockets whose request an outer Deadlines is passing on right now
-_watch = {"pid": None}
+_watching = False
 _lock = threading.RLock()  # the watch start, the lids
 
 
@@ -140,9 +140,10 @@ KERNEL_SAYS = TIOCOUTQ is not None and hasattr(socket, "TCP_INFO")  # Linux
 
 
 def start_watch(seconds):
+    global _watching
     with _lock:
-        if _watch["pid"] is None:
-            _watch["pid"] = True
+        if not _watching:  # one watch per process, started by the first response
+            _watching = True
             threading.Thread(target=watch, args=(min(1.0, seconds / 4),), name="send-deadline",
                              daemon=True).start()
 
@@ -197,10 +198,7 @@ class Deadlines:
         if length.isdigit() and int(length) > self.limit:  # refused unread: the rest is never read either
             return self.refuse(environ, start_response, "413 Request Entity Too Large",
                                f"request body too large: at most {self.limit // 1024} KiB is accepted")
-        try:
-            body = self.read(environ, int(length) if length.isdigit() else None)
-        except TimeoutError:
-            body = None
+        body = self.read(environ, int(length) if length.isdigit() else None)
         if body is None:
             return self.refuse(environ, start_response, "408 Request Timeout",
                                f"the request body did not arrive within BODY_TIMEOUT ({self.body_seconds:g} s)")

@@ -1,5 +1,6 @@
 """Demo 2: the push-style counter, its ids, retry, end event and resume."""
 import json
+import re
 import signal
 
 import pytest
@@ -117,3 +118,11 @@ def test_page_resumes_after_the_server_restarts(start_server, page):
     assert [int(item.split()[0][1:]) for item in items] == list(range(1, 31))
     assert int(page.locator("#reconnects").text_content()) >= 1
     assert page.locator("#events li.gap").count() == 0
+    # The raw-wire panel's own fetch reconnects as EventSource does, and its request
+    # line shows the Last-Event-ID it sends (the point of this demo).
+    page.wait_for_function("document.getElementById('wire').textContent.includes('event: end')", timeout=30_000)
+    wire = "\n".join(page.locator("#wire > div").all_text_contents())
+    resumed = re.findall(r"GET /counter/stream\?count=30&interval=0\.2 · Last-Event-ID: (\d+)", wire)
+    assert resumed, wire
+    ids = [int(n) for n in re.findall(r"^id: (\d+)$", wire, re.M)]
+    assert ids == list(range(1, 31))  # nothing lost, nothing repeated

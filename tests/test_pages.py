@@ -2,7 +2,6 @@
 fetch reader's parsing rules, and the fixes to what confused the first readers."""
 import re
 import time
-import signal
 
 import pytest
 
@@ -200,23 +199,3 @@ def test_pitfalls_come_in_pairs_with_what_to_watch(live_server, page):
         if row.locator("[data-preset]").count():  # the laptop lid's fix is the server's SEND_TIMEOUT
             assert any(n.startswith("Fix") for n in names[1:]), names
         assert row.locator(".watch").text_content().strip()
-
-
-@pytest.mark.browser
-def test_the_counter_wire_panel_resumes_with_last_event_id(start_server, page):
-    # Demo 2's point: after a restart the panel's own fetch reconnects as EventSource
-    # does, and its request line shows the Last-Event-ID it sends.
-    server = start_server()
-    page.goto(server.url + "/counter/")
-    page.fill("input[name=count]", "20")
-    page.fill("input[name=interval]", "0.2")
-    page.click("button[type=submit]")
-    page.wait_for_function("document.querySelectorAll('#events li').length >= 4")
-    server.stop(signal.SIGQUIT)
-    server.start()
-    page.wait_for_function("document.getElementById('wire').textContent.includes('event: end')", timeout=30_000)
-    wire = "\n".join(page.locator("#wire > div").all_text_contents())
-    resumed = re.findall(r"GET /counter/stream\?count=20&interval=0\.2 · Last-Event-ID: (\d+)", wire)
-    assert resumed, wire
-    ids = [int(n) for n in re.findall(r"^id: (\d+)$", wire, re.M)]
-    assert ids == list(range(1, 21))  # nothing lost, nothing repeated

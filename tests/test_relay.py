@@ -503,20 +503,20 @@ def test_live_chats_share_one_connection_to_the_llm(start_server):
 
 
 @pytest.mark.live
-def test_live_client_abort_closes_the_upstream(start_server):
+def test_live_client_abort_closes_the_upstream(start_server, relay_path):
     server = start_server()
-    stream = live_events(f"{server.url}/relay/chat?q=hello", limit=3)  # then hang up
+    stream = live_events(f"{server.url}/relay/{relay_path}?q=hello", limit=3)  # then hang up
     assert text_of(stream.events).startswith("You asked")
     assert wait_until(lambda: fake_streams(server) == 0, timeout=2)  # the LLM stopped
     assert wait_until(lambda: relay_upstreams(server) == 0, timeout=2)  # closed, not kept
 
 
 @pytest.mark.live
-def test_live_head_request_calls_no_upstream(start_server):
+def test_live_head_request_calls_no_upstream(start_server, relay_path):
     """A HEAD used to open the upstream and never close it: the body that owns it
     never starts. curl -I "http://127.0.0.1:8000/relay/chat?q=hi" showed it."""
     server = start_server()
-    response = requests.head(f"{server.url}/relay/chat?q=hello", timeout=5)
+    response = requests.head(f"{server.url}/relay/{relay_path}?q=hello", timeout=5)
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/event-stream")
     assert fake_streams(server) == 0 and relay_upstreams(server) == 0
 
@@ -555,15 +555,6 @@ def test_the_simple_relay_is_one_short_view_and_one_generator():
 
 
 @pytest.mark.live
-def test_live_simple_relay_abort_closes_the_upstream(start_server):
-    server = start_server()
-    stream = live_events(f"{server.url}/relay/simple?q=hello", limit=3)  # then hang up
-    assert text_of(stream.events).startswith("You asked")
-    assert wait_until(lambda: fake_streams(server) == 0, timeout=2)  # the LLM stopped
-    assert wait_until(lambda: relay_upstreams(server) == 0, timeout=2)
-
-
-@pytest.mark.live
 def test_live_only_the_production_relay_notices_a_departed_client_while_the_llm_is_silent(start_server):
     """The difference the relay page shows with the `stall` fault: the simple relay's
     generator is blocked reading a silent LLM, writes nothing, and so learns that its
@@ -581,14 +572,6 @@ def test_live_only_the_production_relay_notices_a_departed_client_while_the_llm_
         assert released is not held, path
         if held:  # until the timeout, which a silent LLM does not outlast
             assert wait_until(lambda: relay_upstreams(server) == 0, timeout=5)
-
-
-@pytest.mark.live
-def test_live_head_request_to_the_simple_relay_keeps_no_upstream(start_server):
-    server = start_server()
-    response = requests.head(f"{server.url}/relay/simple?q=hello", timeout=5)
-    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/event-stream")
-    assert wait_until(lambda: relay_upstreams(server) == 0 and fake_streams(server) == 0, timeout=2)
 
 
 @pytest.mark.live
