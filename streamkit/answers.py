@@ -183,12 +183,13 @@ class Janitor:
 class Answer:
     """One answer in memory: its text as UTF-8, the size of each delta as a varint
     (1 byte for a delta under 128 bytes), so a stored answer costs about its text."""
-    __slots__ = ("text", "sizes", "count", "end", "bell", "readers", "seen", "ended_at")
+    __slots__ = ("text", "sizes", "count", "end", "bell", "rung", "readers", "seen", "ended_at")
 
     def __init__(self):
         self.text, self.sizes, self.count, self.end = bytearray(), bytearray(), 0, None
         self.bell = threading.Event()  # readers park on it; rung (and replaced) for news
         self.readers, self.seen, self.ended_at = 0, time.monotonic(), None
+        self.rung = self.seen  # when the bell last rang
 
     def deltas(self, after, cursor=None):
         """The deltas after number `after` as text, and a cursor that makes the next
@@ -248,6 +249,7 @@ class MemoryAnswers(Janitor):
         """Wake the answer's readers: the bell they hold rings, new ones take a new bell."""
         with self.lock:
             bell, answer.bell = answer.bell, threading.Event() if again else None
+        answer.rung = time.monotonic() if again else None
         if bell is not None:
             bell.set()
 
@@ -290,12 +292,13 @@ class MemoryAnswers(Janitor):
         return True
 
     def tidy(self, now):
-        """Each tick: ring every running answer (its readers check their heartbeat),
-        stop those nobody has read for RESUME_ABANDON_S, forget finished ones after
-        RESUME_TTL_S."""
+        """Each tick: ring every running answer that has been quiet for a tick (its
+        readers check their heartbeat), stop those nobody has read for
+        RESUME_ABANDON_S, forget finished ones after RESUME_TTL_S."""
         for id, answer in list(self.answers.items()):
             if answer.end is None:
-                self.ring(answer)
+                if now - answer.rung >= self.tick:
+                    self.ring(answer)
                 if not answer.readers and now - answer.seen > self.abandon:
                     self.stop(id, ABANDONED)
             elif now - answer.ended_at > self.ttl:
