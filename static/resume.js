@@ -28,6 +28,7 @@ async function ask(event) {
   const response = await fetch(url, { method: "POST", body, headers: { "Content-Type": "application/json" } });
   const started = await response.json();
   if (response.status !== 201) return failed(`HTTP ${response.status}: ${started.error}`);
+  sessionStorage.setItem(`prompt:${started.id}`, fields.get("prompt")); // for a reload, or the second tab
   follow(started, `You: ${fields.get("prompt")}`);
 }
 
@@ -185,5 +186,6 @@ pollStats(() => main.dataset.statsUrl, (stats, why) => {
 const found = /^#answer=([\w-]+)$/.exec(location.hash);
 if (found) {
   const stream = `${main.dataset.answersUrl}/${found[1]}/stream`;
-  follow({ id: found[1], stream }, "(the answer this page was reading, from its first delta)");
+  const prompt = sessionStorage.getItem(`prompt:${found[1]}`);
+  follow({ id: found[1], stream }, prompt ? `You: ${prompt}` : "(an answer found in the page's URL)");
 }

@@ -381,3 +381,15 @@ def test_live_a_silent_llm_ends_the_answer_after_upstream_timeout(start_server):
     assert text_of(stream.events) == "You asked" and stream.events[-1].event == "relay-error"
     assert json.loads(stream.events[-1].data)["status"] == 504
     assert wait_until(lambda: relay_upstreams(server) == 0, timeout=2)
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("command", [("flask", "--app", "demos.resume", "run"), ("demos", "serve", "resume")],
+                         ids=["flask run", "python -m demos serve"])
+def test_live_the_demo_runs_alone(run_alone, command):
+    # Alone it serves the fake LLM itself, on Werkzeug's threads or gevent's own server.
+    url = run_alone(*command, ready="/stats")
+    response = requests.post(f"{url}/answers", json={"messages": [{"role": "user", "content": "3+5=?"}]}, timeout=5)
+    assert response.status_code == 201 and response.json()["stream"].startswith("/answers/")
+    stream = live_events(url + response.json()["stream"], headers={"Last-Event-ID": "0"})
+    assert text_of(stream.events) == "3 + 5 = 8" and stream.events[-1].event == "done"
