@@ -3,7 +3,7 @@
 and the batching trade-off.
 
 Usage:
-    python bench/resume.py [--answers 1000] [--delay-ms 100] [--cuts 2] [--skip-load]
+    python bench/resume.py [--answers 1000] [--delay-ms 100] [--cuts 2] [--ramp 5] [--skip-load]
                            [--skip-batching] [--skip-memory]
 
 Starts, on loopback, all stopped at the end:
@@ -12,10 +12,12 @@ Starts, on loopback, all stopped at the end:
   - the kit: `gunicorn -c gunicorn.conf.py`, one gevent worker, UPSTREAM_BASE_URL
     pointing at that upstream.
 Then prints three tables:
-  load      ANSWERS answers started at once and read at once; each reader hangs up
+  load      ANSWERS answers started over RAMP seconds, each read as soon as it has
+            started (the answers last ~9 s, so all are in flight); each reader hangs up
             CUTS times at random moments, stays away 0.2-1 s (a tunnel, a reload),
             and reconnects with Last-Event-ID. Measured: the time from a reconnect
-            (connect + request) to its first resumed delta (p50/p99/max), answers
+            (connect + request) to its first resumed delta (p50/p99/max; then again
+            for the resumes after the ramp, when all answers are in flight), answers
             whose text came whole with nothing lost or repeated, and the upstream
             calls the fake LLM counted (it should equal the answers). CPU % (100 =
             one core) of this client, the kit and the upstream over the run.
@@ -121,30 +123,35 @@ async def read_answer(port, answer, cuts, latencies, stay_away):
             return time.monotonic() > cut_at and not state["end"]
         await http(port, get(answer["stream"], last_id), on_body)
         if last_id and state["first"] is not None and left < cuts:
-            latencies.append(state["first"] - asked)  # a resume: from (re)connecting to the first delta
+            latencies.append((asked, state["first"] - asked))  # a resume: (re)connecting → first delta
         if state["end"]:
             return "".join(text), state["end"]
         left -= 1
         await asyncio.sleep(random.uniform(*stay_away))
 
 
-async def load(port, count, cuts, pids, upstream_port):
+async def load(port, count, cuts, pids, upstream_port, ramp):
     calls_before = json.loads((await http(upstream_port, get("/fake-llm/stats")))[1])["calls"]
     cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
     client = resource.getrusage(resource.RUSAGE_SELF)
-    started = time.monotonic()
-    started_answers = await asyncio.gather(*(start_answer(port) for _ in range(count)))
-    ramp = time.monotonic() - started
-    latencies = []
-    results = await asyncio.gather(*(read_answer(port, answer, cuts, latencies, (0.2, 1.0))
-                                     for answer in started_answers), return_exceptions=True)
+    started, latencies = time.monotonic(), []
+
+    async def one(i):  # answers start spread over the ramp, as users ask at different moments
+        await asyncio.sleep(i * ramp / count)
+        return await read_answer(port, await start_answer(port), cuts, latencies, (0.2, 1.0))
+    results = await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
     wall = time.monotonic() - started
     used = resource.getrusage(resource.RUSAGE_SELF)
     calls = json.loads((await http(upstream_port, get("/fake-llm/stats")))[1])["calls"] - calls_before
     whole = sum(isinstance(r, tuple) and r == (TEXT, "done") for r in results)
-    row = {"answers": count, "POSTs s": round(ramp, 2), "resumes": len(latencies),
-           "p50 ms": round(percentile(latencies, 50), 1), "p99 ms": round(percentile(latencies, 99), 1),
-           "max ms": round(max(latencies, default=0) * 1000, 1), "whole": whole, "upstream calls": calls,
+    every = [latency for _, latency in latencies]
+    # All answers in flight: resumes asked for after the last answer started.
+    steady = [latency for asked, latency in latencies if asked >= started + ramp]
+    row = {"answers": count, "ramp s": ramp, "resumes": len(every),
+           "p50 ms": round(percentile(every, 50), 1), "p99 ms": round(percentile(every, 99), 1),
+           "max ms": round(max(every, default=0) * 1000, 1), "after the ramp": len(steady),
+           "p50 ms ": round(percentile(steady, 50), 1), "p99 ms ": round(percentile(steady, 99), 1),
+           "whole": whole, "upstream calls": calls,
            "client CPU": round((used.ru_utime + used.ru_stime - client.ru_utime - client.ru_stime) / wall * 100)}
     for name, pid in pids.items():
         row[f"{name} CPU"] = round((cpu_seconds(pid) - cpu[name]) / wall * 100)
@@ -220,6 +227,7 @@ def main():
     parser.add_argument("--answers", type=int, default=1000)
     parser.add_argument("--delay-ms", type=float, default=100, help="the upstream's pause per token (load)")
     parser.add_argument("--cuts", type=int, default=2, help="hang-ups per reader")
+    parser.add_argument("--ramp", type=float, default=5.0, help="seconds over which the answers start")
     parser.add_argument("--skip-load", action="store_true")
     parser.add_argument("--skip-batching", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
@@ -246,7 +254,8 @@ def main():
                     table(asyncio.run(batching(port)), "batching: one answer per setting, the fake LLM at 30 ms a token")
                 else:
                     row, errors = asyncio.run(load(port, args.answers, args.cuts,
-                                                   {"kit": kit.pid, "upstream": upstream.pid}, upstream_port))
+                                                   {"kit": kit.pid, "upstream": upstream.pid}, upstream_port,
+                                                   args.ramp))
                     table([row], f"load: {args.answers} answers in flight on one worker, "
                                  f"{args.cuts} cuts per reader, the fake LLM at {delay:g} ms a token")
                     if errors:

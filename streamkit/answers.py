@@ -123,6 +123,7 @@ class Runner:
                     tail.append(item)  # usage, done: the closing frames
             else:
                 end = b"".join(tail)
+                relaying.read_to_end(self.upstream)  # the connection goes back to the pool
         except StoreDown:
             self.stopping = "the answer store is unreachable"
         except Exception as error:  # the LLM broke, went silent, sent nonsense, or we cut it

@@ -253,20 +253,25 @@ class Relay:
             yield chunk
 
     def read_to_end(self):
-        """The answer is complete and on its way to the client, but the body is not over:
-        after OpenAI's `data: [DONE]` comes chunked encoding's last chunk. Reading the
-        rest lets requests put the connection back in its pool for the next chat; a body
-        that goes on, or stalls, costs the connection instead."""
-        seconds, left = AFTER_ANSWER
-        deadline = time.monotonic() + seconds
-        with contextlib.suppress(Exception):  # the client has its answer: nothing to report
-            if (connection := self.upstream.raw.connection) and connection.sock:
-                connection.sock.settimeout(seconds)  # each read waits that long at most
-            # In small reads: one read of iter_content(None) is a whole HTTP chunk, however long.
-            for piece in self.upstream.raw.stream(4096):
-                left -= len(piece)
-                if left < 0 or time.monotonic() > deadline:
-                    break
+        read_to_end(self.upstream)
+
+
+def read_to_end(upstream):
+    """The answer is complete and on its way to the client, but the body is not over:
+    after OpenAI's `data: [DONE]` comes chunked encoding's last chunk. Reading the
+    rest lets requests put the connection back in its pool for the next chat; a body
+    that goes on, or stalls, costs the connection instead."""
+    seconds, left = AFTER_ANSWER
+    deadline = time.monotonic() + seconds
+    with contextlib.suppress(Exception):  # the client has its answer: nothing to report
+        if (connection := upstream.raw.connection) and connection.sock:
+            connection.sock.settimeout(seconds)  # each read waits that long at most
+        # In small reads: one read of iter_content(None) is a whole HTTP chunk, however long.
+        for piece in upstream.raw.stream(4096):
+            left -= len(piece)
+            if left < 0 or time.monotonic() > deadline:
+                break
+
 
 def error_frame(error, key, timed_out=False):
     """`event: relay-error` for a failure after the stream began: the status is in the data."""

@@ -393,3 +393,12 @@ def test_live_the_demo_runs_alone(run_alone, command):
     assert response.status_code == 201 and response.json()["stream"].startswith("/answers/")
     stream = live_events(url + response.json()["stream"], headers={"Last-Event-ID": "0"})
     assert text_of(stream.events) == "3 + 5 = 8" and stream.events[-1].event == "done"
+
+
+@pytest.mark.live
+def test_live_answers_one_after_another_share_one_connection_to_the_llm(start_server):
+    server = start_server()
+    for _ in range(3):
+        stream = live_events(stream_url(server.url, start(server.url, "3+5=?")))
+        assert stream.events[-1].event == "done"
+    assert wait_until(lambda: relay_upstreams(server) == 1, timeout=2)  # kept in the pool, not closed
