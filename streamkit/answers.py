@@ -112,8 +112,9 @@ class Runner:
 
     def run(self):
         end, tail = None, []
+        body = self.reads()  # held: a generator let go is closed, and closes the connection
         try:
-            for item in llm.READERS[self.dialect](sse.iter_events(self.reads()), piece=str):  # str: a delta's text
+            for item in llm.READERS[self.dialect](sse.iter_events(body), piece=str):  # str: a delta's text
                 if self.stopping:
                     break
                 if isinstance(item, str):
