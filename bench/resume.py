@@ -231,13 +231,14 @@ def main():
     parser.add_argument("--skip-load", action="store_true")
     parser.add_argument("--skip-batching", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--stored", type=int, default=1000, help="answers stored for the memory table")
     args = parser.parse_args()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; {len(TEXT)} characters, "
           f"{len(llm.reply([('user', PROMPT)])[0])} deltas per answer")
     if not args.skip_memory:
-        table(memory(), "memory: a stored answer (MemoryAnswers, tracemalloc, 1,000 answers)")
+        table(memory(args.stored), f"memory: a stored answer (MemoryAnswers, tracemalloc, {args.stored:,} answers)")
     processes = []
     with tempfile.TemporaryDirectory() as folder:
         log = open(Path(folder) / "servers.log", "ab")

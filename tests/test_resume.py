@@ -402,3 +402,21 @@ def test_live_answers_one_after_another_share_one_connection_to_the_llm(start_se
         stream = live_events(stream_url(server.url, start(server.url, "3+5=?")))
         assert stream.events[-1].event == "done"
     assert wait_until(lambda: relay_upstreams(server) == 1, timeout=2)  # kept in the pool, not closed
+
+
+def test_the_resume_benchmark_runs_and_every_answer_comes_whole():
+    # A small run of bench/resume.py: behaviour only (every answer whole after its cuts,
+    # one upstream call per answer), no timings.
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    result = subprocess.run([sys.executable, "bench/resume.py", "--answers", "20", "--delay-ms", "20",
+                             "--cuts", "1", "--ramp", "0.5", "--skip-batching", "--stored", "20"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr + result.stdout
+    load = [line for line in result.stdout.splitlines() if line.startswith("| 20 |")]
+    assert load, result.stdout
+    cells = [cell.strip() for cell in load[0].strip("|").split("|")]
+    assert cells[-5:-3] == ["20", "20"], result.stdout  # whole, upstream calls
+    assert "fake, English" in result.stdout  # the memory table
