@@ -45,6 +45,10 @@ def chunk(data):
 
 
 PING_CHUNK = chunk(sse.PING_BYTES)
+# What the kernel may hold for one client (Linux doubles it: 16 KiB, two minutes of
+# the 1 Hz ticker). A client further behind is dropped: its buffer is bounded, and
+# a stalled one goes at once instead of after SEND_TIMEOUT.
+SEND_BUFFER = 8192
 _writers = weakref.WeakKeyDictionary()  # board → its Writer
 _lock = threading.Lock()
 
@@ -92,6 +96,7 @@ class Writer:
         socket is registered and this greenlet parks until the stream ends."""
         seen, items = self.board.after(since)
         yield DIRECT + b"".join(item.frame for item in items)  # the server sends the head with it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         try:
             while (behind := self._register(sock, seen)) is not None:
                 seen, items = self.board.after(seen)  # fell behind the writer: catch up through WSGI
