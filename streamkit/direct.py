@@ -132,19 +132,25 @@ class Writer:
                 if not self.clients and not self.joining:
                     self.running = False  # the next client starts a new writer
                     return
-                joining, self.joining = self.joining, {}
                 data = chunk(b"".join(item.frame for item in items)) if items else PING_CHUNK
                 dropped = [sock for sock, raw in self.clients.items() if not send(raw, data)]
-                for sock, their in joining.items():  # only what each has not had yet
-                    mine = items[max(0, len(items) - (n - their)):] if their < n else ()
-                    if not mine or send(sock._sock, chunk(b"".join(item.frame for item in mine))):
-                        self.clients[sock] = sock._sock
-                    else:
-                        dropped.append(sock)
+                dropped += self._join(n, items)
                 for sock in dropped:
                     self.clients.pop(sock, None)
                     drop(sock)
                 self.seen = n
+
+    def _join(self, n, items):
+        """Bring the joining clients in step: each gets only the items after the
+        number it had. Returns those that could not take them."""
+        joining, self.joining, dropped = self.joining, {}, []
+        for sock, their in joining.items():
+            mine = items[max(0, len(items) - (n - their)):] if their < n else ()
+            if not mine or send(sock._sock, chunk(b"".join(item.frame for item in mine))):
+                self.clients[sock] = sock._sock
+            else:
+                dropped.append(sock)
+        return dropped
 
 
 def send(raw, data):
