@@ -96,8 +96,8 @@ class Writer:
         socket is registered and this greenlet parks until the stream ends."""
         seen, items = self.board.after(since)
         yield DIRECT + b"".join(item.frame for item in items)  # the server sends the head with it
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             while (behind := self._register(sock, seen)) is not None:
                 seen, items = self.board.after(seen)  # fell behind the writer: catch up through WSGI
                 items = items[:max(0, len(items) - (seen - behind))]  # up to the writer's number
@@ -105,6 +105,8 @@ class Writer:
                 if items:
                     yield b"".join(item.frame for item in items)
             _park(sock)
+        except OSError:
+            pass  # the client left before it was registered
         finally:
             with self._lock:
                 self.clients.pop(sock, None)
