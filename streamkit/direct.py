@@ -36,7 +36,7 @@ from streamkit import sse
 
 SOCKET_KEYS = ("gunicorn.socket", "kit.socket")  # gunicorn's gevent worker; python -m demos serve
 DIRECT = b": direct: the ticker writes to this socket itself\n\n"
-PLAIN = b": plain path: this server gives no socket to write to\n\n"
+PLAIN = b": plain path: writing directly needs a gevent server's socket and HTTP/1.1\n\n"
 
 
 def chunk(data):
