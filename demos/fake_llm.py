@@ -33,6 +33,7 @@ FAULTS = {  # X-Fake-Fault: value → what the upstream does (the relay page off
 HTTP_FAULTS = {401: "Incorrect API key provided (simulated).", 429: "Rate limit reached (simulated).",
                500: "The server had an error while processing your request (simulated)."}
 OPEN_STREAMS = set()  # streams being written right now; GET /stats counts them
+CALLS = [0]  # answers asked for since the start (a list: a module global the views update)
 
 
 def create_app(test_config=None):
@@ -52,8 +53,8 @@ def create_app(test_config=None):
 
     @app.get("/stats")
     def stats():
-        """Streams open now: the relay's tests watch them close when a client leaves."""
-        return {"open_streams": len(OPEN_STREAMS)}
+        """Streams open now, and answers asked for: the tests watch who calls the LLM."""
+        return {"open_streams": len(OPEN_STREAMS), "calls": CALLS[0]}
 
     @app.post("/v1/chat/completions")
     def chat_completions():
@@ -79,6 +80,7 @@ def create_app(test_config=None):
     def complete(dialect, messages, model, max_tokens, stream, include_usage):
         """Either dialect: an HTTP error if a fault asks, else the answer, whole or streamed."""
         fault = read_fault()
+        CALLS[0] += 1
         if fault in ("401", "429", "500"):
             status = int(fault)
             return llm.error_body(dialect, status, HTTP_FAULTS[status]), status, (

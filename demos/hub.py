@@ -2,7 +2,7 @@
 from flask import render_template
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from demos import basic, broadcast, compare, counter, fake_llm, pitfalls, relay
+from demos import basic, broadcast, compare, counter, fake_llm, pitfalls, relay, resume
 from streamkit import web
 
 # prefix → demo module, in reading order (the index and tutorial.md follow it)
@@ -14,6 +14,7 @@ DEMOS = {
     "compare": compare,
     "broadcast": broadcast,
     "pitfalls": pitfalls,
+    "resume": resume,
 }
 
 

@@ -55,7 +55,7 @@ def create_app(test_config=None):
         """The simple relay: POST {"messages": […]} (fetch), or GET ?q=… (EventSource)."""
         if request.method == "HEAD":  # headers only: never start (and pay for) an answer
             return sse.event_stream(())
-        messages, fault, key = relaying.read_messages(), read_fault(builtin), config["UPSTREAM_API_KEY"]
+        messages, fault, key = relaying.read_messages(), relaying.read_fault(builtin, fake_llm.FAULTS), config["UPSTREAM_API_KEY"]
         call = relaying.upstream_request(config, messages, fault, request.environ)
         try:
             upstream = requests.post(**call, stream=True, timeout=(3.05, config["UPSTREAM_TIMEOUT"]))
@@ -74,7 +74,7 @@ def create_app(test_config=None):
         """The production relay: the same wire, and a ping while the LLM is silent."""
         if request.method == "HEAD":  # headers only: never start (and pay for) an answer
             return sse.event_stream(())
-        messages, fault = relaying.read_messages(), read_fault(builtin)
+        messages, fault = relaying.read_messages(), relaying.read_fault(builtin, fake_llm.FAULTS)
         show_upstream = request.args.get("debug") == "1"
         if show_upstream and config["UPSTREAM_API_KEY"]:  # raw reads can't be masked: a key may span two
             web.fail("debug=1 (the upstream's raw bytes) works only without UPSTREAM_API_KEY: they may quote the key")
@@ -106,16 +106,6 @@ def held(frames):
         yield from frames
     finally:  # closing us closes `frames` first: its upstream is closed by then
         HELD.discard(token)
-
-
-def read_fault(builtin):
-    """?fault=…: the fake LLM's X-Fake-Fault, for the page's "simulate a failure"."""
-    fault = request.args.get("fault", "")
-    if fault and not builtin:  # a client's header never goes to a real provider
-        web.fail("fault needs the built-in fake LLM, and UPSTREAM_BASE_URL is set")
-    if fault and fault not in fake_llm.FAULTS:
-        web.fail(f"fault must be one of {', '.join(fake_llm.FAULTS)}; got {fault!r}")
-    return fault
 
 
 app = create_app()

@@ -222,8 +222,9 @@ def ending(prompt_tokens, completion_tokens):
     yield DONE
 
 
-def from_openai(events):
-    """OpenAI chunks → our frames: each delta's content, the usage, done."""
+def from_openai(events, piece=content):
+    """OpenAI chunks → our frames: each delta's content, the usage, done. `piece`
+    makes a delta's frame (str: the plain text, for demo 8's answer store)."""
     usage, finish = {}, None
     for event in events:
         if event.data == "[DONE]":
@@ -233,7 +234,7 @@ def from_openai(events):
             raise UpstreamError(f"the upstream failed: {error_message(event.data)}")
         for choice in chunk.get("choices") or ():
             if text := choice["delta"].get("content"):
-                yield content(text)
+                yield piece(text)
             finish = choice.get("finish_reason") or finish
         usage = chunk.get("usage") or usage
     else:
@@ -242,7 +243,7 @@ def from_openai(events):
     yield from ending(usage.get("prompt_tokens"), usage.get("completion_tokens"))
 
 
-def from_dashscope(events):
+def from_dashscope(events, piece=content):
     """DashScope results → our frames: every event repeats the whole text so far,
     so we send only what is new; then the usage, done."""
     sent, usage = "", {}
@@ -254,7 +255,7 @@ def from_dashscope(events):
         if not text.startswith(sent):
             raise UpstreamError("the upstream's text stopped growing from the text so far")
         if len(text) > len(sent):
-            yield content(text[len(sent):])
+            yield piece(text[len(sent):])
             sent = text
         usage = result.get("usage") or usage
         if result["output"].get("finish_reason") not in (None, "null"):

@@ -39,7 +39,7 @@ LOG = logging.getLogger("demos.relay")  # the relay app's logger (Flask names it
 
 def check_config(config):
     """The rules between the settings (each one alone is checked by streamkit/settings.py)."""
-    settings.check({name: str(value) for name, value in config.items() if name in settings.SETTINGS})
+    settings.check({name: str(value) for name, value in config.items() if name in settings.SETTINGS and value is not None})
 
 
 def read_messages():
@@ -49,7 +49,7 @@ def read_messages():
         if not prompt.strip() or len(prompt) > MAX_TEXT:
             web.fail(f"q must be a prompt of 1 to {MAX_TEXT} characters")
         return [{"role": "user", "content": prompt}]
-    body = request.get_json(silent=True)
+    body = request.get_json(force=True, silent=True)  # curl -d sends no JSON type: take it anyway
     messages = body.get("messages") if isinstance(body, dict) else None
     if not isinstance(messages, list) or not 1 <= len(messages) <= 100:
         web.fail('the body must be JSON {"messages": [{"role": "user", "content": "…"}]}, 1 to 100 messages')
@@ -59,6 +59,15 @@ def read_messages():
             web.fail(f'each message must be {{"role": "system|user|assistant", "content": "<≤ {MAX_TEXT} chars>"}}')
     return [{"role": message["role"], "content": message["content"]} for message in messages]
 
+
+def read_fault(builtin, faults):
+    """?fault=…: the fake LLM's X-Fake-Fault, for the page's "simulate a failure"."""
+    fault = request.args.get("fault", "")
+    if fault and not builtin:  # a client's header never goes to a real provider
+        web.fail("fault needs the built-in fake LLM, and UPSTREAM_BASE_URL is set")
+    if fault and fault not in faults:
+        web.fail(f"fault must be one of {', '.join(faults)}; got {fault!r}")
+    return fault
 
 
 def upstream_request(config, messages, fault, environ):
@@ -244,20 +253,25 @@ class Relay:
             yield chunk
 
     def read_to_end(self):
-        """The answer is complete and on its way to the client, but the body is not over:
-        after OpenAI's `data: [DONE]` comes chunked encoding's last chunk. Reading the
-        rest lets requests put the connection back in its pool for the next chat; a body
-        that goes on, or stalls, costs the connection instead."""
-        seconds, left = AFTER_ANSWER
-        deadline = time.monotonic() + seconds
-        with contextlib.suppress(Exception):  # the client has its answer: nothing to report
-            if (connection := self.upstream.raw.connection) and connection.sock:
-                connection.sock.settimeout(seconds)  # each read waits that long at most
-            # In small reads: one read of iter_content(None) is a whole HTTP chunk, however long.
-            for piece in self.upstream.raw.stream(4096):
-                left -= len(piece)
-                if left < 0 or time.monotonic() > deadline:
-                    break
+        read_to_end(self.upstream)
+
+
+def read_to_end(upstream):
+    """The answer is complete and on its way to the client, but the body is not over:
+    after OpenAI's `data: [DONE]` comes chunked encoding's last chunk. Reading the
+    rest lets requests put the connection back in its pool for the next chat; a body
+    that goes on, or stalls, costs the connection instead."""
+    seconds, left = AFTER_ANSWER
+    deadline = time.monotonic() + seconds
+    with contextlib.suppress(Exception):  # the client has its answer: nothing to report
+        if (connection := upstream.raw.connection) and connection.sock:
+            connection.sock.settimeout(seconds)  # each read waits that long at most
+        # In small reads: one read of iter_content(None) is a whole HTTP chunk, however long.
+        for piece in upstream.raw.stream(4096):
+            left -= len(piece)
+            if left < 0 or time.monotonic() > deadline:
+                break
+
 
 def error_frame(error, key, timed_out=False):
     """`event: relay-error` for a failure after the stream began: the status is in the data."""

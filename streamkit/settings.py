@@ -82,6 +82,9 @@ SETTINGS = {
     "COMPARE_RATE_HZ": (1.0, number(0.01, 100, "messages per second")),
     "REDIS_URL": (None, redis_url),
     "BROADCAST_TOKEN": (None, lambda name, raw: raw or None),
+    # resumable answers (demo 8); fractions of a second too, so tests run fast
+    "RESUME_ABANDON_S": (30.0, number(0.2, 3600, "seconds")),
+    "RESUME_TTL_S": (600.0, number(0.1, 86400, "seconds")),
 }
 
 

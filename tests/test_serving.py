@@ -131,6 +131,7 @@ BAD = [
     ("REDIS_URL", "localhost:6379", "REDIS_URL must be a redis://, rediss:// or unix:// URL"),
     ("WORKER_CONNECTIONS", "-5", "WORKER_CONNECTIONS must be an integer of connections per worker"),
     ("BIND", "8000", "BIND must be HOST:PORT (such as 127.0.0.1:8000) or unix:PATH, got '8000'"),
+    ("RESUME_ABANDON_S", "0", "RESUME_ABANDON_S must be a number of seconds from 0.2 to 3600, got '0'"),
 ]
 
 
@@ -155,6 +156,7 @@ def test_a_bad_setting_stops_the_server_with_one_line(kind, name, value, message
     ("BIND", "0.0.0.0:80", "0.0.0.0:80"),
     ("BIND", "[::1]:8000", "[::1]:8000"),
     ("REDIS_URL", "", None),
+    ("RESUME_TTL_S", "0.5", 0.5),
 ])
 def test_good_settings_are_read_as_their_kind(name, value, expected):
     assert settings.parse(name, value) == expected
