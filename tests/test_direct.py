@@ -126,7 +126,8 @@ def consecutive(numbers):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    server = LiveServer(tmp_path_factory.mktemp("direct"), env={"COMPARE_RATE_HZ": "20"}).start()
+    env = {"COMPARE_RATE_HZ": "20", "SEND_TIMEOUT": "1"}  # readers keep up; a silent client is cut
+    server = LiveServer(tmp_path_factory.mktemp("direct"), env=env).start()
     yield server
     server.stop()
 
@@ -207,6 +208,30 @@ def test_live_a_departed_client_is_released_by_the_next_tick(tmp_path):
             server_sockets(server.port)
     finally:
         server.stop()
+
+
+def server_end(port, client_port):
+    """The state of the server's end of one connection (/proc/net/tcp), or None once closed."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, state = line.split()[1:4]
+        if int(local.split(":")[1], 16) == port and int(remote.split(":")[1], 16) == client_port:
+            return state
+    return None
+
+
+@pytest.mark.live
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc/net/tcp")
+def test_live_a_silent_client_is_cut_after_send_timeout(server):
+    # A closed laptop lid at 20 messages a second: its window is full within a second or
+    # two, long before the writer's 16 KiB buffer (about 10 s); SEND_TIMEOUT=1 cuts it first.
+    lid = Wire(server.port, rcvbuf=1024)
+    try:
+        client_port = lid.sock.getsockname()[1]
+        assert wait_until(lambda: server_end(server.port, client_port) == "01", timeout=5)
+        # Cut: the server has shut its end down (no longer ESTABLISHED or CLOSE_WAIT).
+        assert wait_until(lambda: server_end(server.port, client_port) not in ("01", "08"), timeout=6)
+    finally:
+        lid.close()
 
 
 @pytest.fixture(scope="module")
