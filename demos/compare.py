@@ -17,7 +17,7 @@ import time
 
 from flask import jsonify, render_template, request
 
-from streamkit import sse, web
+from streamkit import direct, sse, web
 from streamkit.ticker import Ticker
 
 MAX_ID = 2**53 - 1  # ids are ms-since-epoch based; JavaScript numbers stay exact up to here
@@ -66,6 +66,12 @@ def create_app(test_config=None):
         since = since_arg(ticker, "lastEventId", request.headers.get("Last-Event-ID"))
         counter = Stats() if UNCOUNTED in request.headers else stats
         return sse.event_stream(frames(ticker, since, counter), encoded=True)
+
+    @app.get("/sse-direct")
+    def direct_stream():
+        """The SSE lane written by the ticker to each socket itself (tutorial: beyond WSGI)."""
+        since = since_arg(ticker, "lastEventId", request.headers.get("Last-Event-ID"))
+        return direct.event_stream(ticker, since, frames(ticker, since, Stats()))
 
     @app.get("/time")
     def clock():

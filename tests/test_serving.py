@@ -20,7 +20,7 @@ from tests.conftest import ROOT, LiveServer, free_port, live_events, wait_until
 GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"]
 SERVE = [sys.executable, "-m", "demos", "serve"]
 STREAMS = ["basic/heartbeat?interval=0.01", "counter/stream?count=1000&interval=0.01", "compare/sse",
-           "broadcast/stream", "relay/chat?q=hello", "relay/simple?q=hello&fault=stall"]
+           "compare/sse-direct", "broadcast/stream", "relay/chat?q=hello", "relay/simple?q=hello&fault=stall"]
 
 
 def command(kind, port):

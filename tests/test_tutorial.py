@@ -38,7 +38,7 @@ def test_source_cuts_a_nested_view():
 # --- every curl line of the tutorial works as written ---------------------------------------
 
 TUTORIAL_HOST = "http://127.0.0.1:8000"
-ENDLESS = ("/basic/heartbeat", "/compare/sse", "/broadcast/stream")  # no end without a client's Ctrl-C
+ENDLESS = ("/basic/heartbeat", "/compare/sse", "/compare/sse-direct", "/broadcast/stream")  # no end without a client's Ctrl-C
 
 
 def tutorial_curls():
