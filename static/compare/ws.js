@@ -21,11 +21,7 @@ function connect(url, since) {
   url.search = since === "" ? "" : `?since=${since}`; // none: from now on
   socket = new WebSocket(url);
   socket.onopen = () => { count(); ping(); pinger = setInterval(ping, 1000); }; // one HTTP request each
-  socket.onmessage = (event) => {
-    const message = JSON.parse(event.data);
-    if ("pong" in message) lane.field("rtt", `${(performance.now() - message.pong).toFixed(1)} ms`);
-    else show(message);
-  };
+  socket.onmessage = (event) => receive(JSON.parse(event.data));
   // A WebSocket never reconnects by itself: try again in a second, after the last id.
   socket.onclose = (event) => {
     clearInterval(pinger);
@@ -35,6 +31,11 @@ function connect(url, since) {
 
 function ping() {
   socket.send(JSON.stringify({ ping: performance.now() })); // answered {"pong": the same number}
+}
+
+function receive(message) {
+  if ("pong" in message) lane.field("rtt", `${(performance.now() - message.pong).toFixed(1)} ms`);
+  else show(message);
 }
 
 function show(message) {
