@@ -17,6 +17,7 @@ both ways, until either side closes. What this module adds:
   of zlib state) and compress every frame again, where the kit encodes a frame once.
 """
 import json
+import sys
 import threading
 
 from flask import current_app, jsonify, request
@@ -46,7 +47,10 @@ class Refused(Exception):
 
 def init(app):
     """flask-sock for `app`: its routes take `@sock.route(path)`."""
-    app.config.setdefault("SOCK_SERVER_OPTIONS", {"max_message_size": MAX_MESSAGE})
+    options = {"max_message_size": MAX_MESSAGE}
+    if green():  # simple-websocket's reader as a bare greenlet too
+        options["thread_class"] = Greenlet
+    app.config.setdefault("SOCK_SERVER_OPTIONS", options)
     app.before_request(_no_compression)
     app.register_error_handler(WebsocketMismatch, _not_a_websocket)
     return Sock(app)
@@ -75,7 +79,7 @@ def talk(ws, outgoing, count):
     what the server sends, the 101 answer first."""
     count(1, HANDSHAKE)
     sock, seconds = web.connection_socket(request.environ), current_app.config["SEND_TIMEOUT"]
-    threading.Thread(target=send_all, args=(ws, outgoing, count, sock, seconds), daemon=True).start()
+    start(send_all, ws, outgoing, count, sock, seconds)
     try:
         while True:
             reply = json.dumps(pong(ws.receive()))  # parked until the client says something
@@ -103,6 +107,36 @@ def pong(message):
             and isinstance(ping["ping"], (int, float)) and not isinstance(ping["ping"], bool)):
         raise Refused(POLICY, 'the only message understood is {"ping": <number>}')
     return {"pong": ping["ping"]}
+
+
+def green():
+    """Whether gevent has patched threading (gunicorn's gevent worker, python -m demos serve)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("threading")
+
+
+class Greenlet:
+    """What simple-websocket asks of a thread class, as a bare gevent greenlet."""
+
+    def __init__(self, target):
+        import gevent
+        self.name, self._greenlet = "simple-websocket", gevent.Greenlet(target)
+
+    def start(self):
+        self._greenlet.start()
+
+    def join(self, timeout=None):
+        self._greenlet.join(timeout)
+
+
+def start(target, *args):
+    """target(*args) in a thread of its own; under gevent's patching a bare greenlet:
+    a patched threading.Thread costs a few KiB more per connection (bench/README.md)."""
+    if green():
+        import gevent
+        gevent.spawn(target, *args)
+    else:
+        threading.Thread(target=target, args=args, daemon=True).start()
 
 
 def refuse_constant(name):
