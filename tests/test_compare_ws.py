@@ -19,6 +19,7 @@ from wsproto.events import AcceptConnection, CloseConnection, RejectConnection, 
 from demos import compare
 from streamkit import websocket
 from tests.conftest import ROOT, LiveServer, wait_until
+from tests.test_compare import restart_the_worker
 from tests.wsclient import Client
 
 ENV = {"COMPARE_RATE_HZ": "20", "SEND_TIMEOUT": "1"}  # a tick every 25-75 ms
@@ -227,6 +228,35 @@ def test_500_websockets_on_one_worker_all_receive(server):
     finally:
         for client in clients:
             client.close()
+
+
+# --- the page's lane ----------------------------------------------------------------
+
+@pytest.mark.browser
+def test_the_page_reconnects_and_resumes_after_a_worker_restart(start_server, page):
+    # A WebSocket does not reconnect by itself: ws.js does, with ?since= the last id it saw.
+    sockets = []  # (url, the message ids it received), per WebSocket the page opens
+
+    def opened(socket):
+        ids = []
+        socket.on("framereceived", lambda payload: ids.append(json.loads(payload).get("id")))
+        sockets.append((socket.url, ids))
+
+    page.on("websocket", opened)
+    server = start_server(env={"COMPARE_RATE_HZ": "20"})
+    page.goto(server.url + "/compare/")
+    page.click("button[type=submit]")
+    page.wait_for_function("document.querySelectorAll('#lane-ws li').length >= 5")
+    restart_the_worker(server)
+    page.wait_for_function("document.querySelector('#lane-ws [data-field=requests]').textContent === '2'")
+    newer = stats(server)["last_id"]  # an id of the new worker's: above every old one
+    page.wait_for_function(f"Number(document.querySelector('#lane-ws li').dataset.id) >= {newer}")
+    page.click("#stop")
+    (first_url, first_ids), (second_url, second_ids) = sockets
+    seen = [n for n in first_ids if n is not None]  # (pongs carry no id)
+    assert first_url.endswith("/compare/ws") and second_url.endswith(f"/compare/ws?since={seen[-1]}")
+    ids = [int(n) for n in page.locator("#lane-ws li").evaluate_all("items => items.map(item => item.dataset.id)")]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == len(ids)  # newest first: nothing twice
 
 
 # --- the rules, without a server ----------------------------------------------------
