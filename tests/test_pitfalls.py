@@ -365,8 +365,8 @@ def test_nginx_passes_a_websocket_only_with_its_upgrade_lines(live_server, nginx
     client = Client(url, "/compare/ws?since=0")
     try:
         assert client.messages(1)[0]["id"]
-        client.send('{"ping": 7}')
-        assert {"pong": 7} in client.messages(2)
+        client.send('{"ping": 7}')  # answered after the kept messages still on their way
+        assert any(client.messages(1)[0] == {"pong": 7} for _ in range(1001))
     finally:
         client.close()
 
