@@ -426,11 +426,13 @@ def test_http2_lifts_the_six_connection_limit(live_server, nginx, certificate, t
     tls_page.goto(url + "/pitfalls/")
     protocol = tls_page.evaluate('performance.getEntriesByType("navigation")[0].nextHopProtocol')
     assert protocol == ("h2" if http2 else "http/1.1")
-    if not http2:  # the seventh EventSource waits for one of the six connections
+    if not http2:  # one EventSource of seven waits for one of the six connections
         tls_page.click("#open-seven")
         tls_page.wait_for_function("document.querySelectorAll('#seven li.open').length === 6")
         tls_page.wait_for_timeout(1000)
-        assert "connecting" in tls_page.locator("#seven li").nth(6).text_content()
+        # (Over TLS the connections' handshakes finish in any order: not always the seventh.)
+        states = tls_page.locator("#seven li").all_text_contents()
+        assert sum("connecting" in state for state in states) == 1, states
         assert tls_page.locator("#seven li.open").count() == 6
         tls_page.click("#close-seven")
         return
