@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Short polling vs long polling vs SSE, headless: demo 5's comparison as a table.
+"""Short polling vs long polling vs SSE vs WebSocket, headless: demo 5's comparison as a table.
 
 Usage:
     python -m demos.compare bench [--duration S] [--clients N] [--rate HZ]
@@ -14,15 +14,15 @@ rate that server was started with.
 
 --clients N clients per lane run at once for --duration seconds, each a thread with
 its own keep-alive connection: short polling every --interval seconds after each
-answer, long polling with --timeout, or one SSE stream.
+answer, long polling with --timeout, one SSE stream, or one WebSocket.
 
 Columns, per lane:
     delivered    messages the lane's clients received, all together
-    gaps         ids a client skipped or got twice (all three should show 0)
-    requests     HTTP requests sent (one SSE stream is one request)
+    gaps         ids a client skipped or got twice (every lane should show 0)
+    requests     HTTP requests sent (one SSE stream, or one WebSocket's upgrade, is one)
     req/msg      requests per delivered message
     bytes/msg    bytes received per delivered message: every byte read from the
-                 socket (status line, headers, chunk framing, body), counted here
+                 socket (status line, headers, chunk or WebSocket framing, body), counted here
     mean/p95/max latency in ms: arrival time - the message's `ts`, on the server's
                  clock (the offset between the clocks is measured against /time)
 Below the table: the server's own estimate from /stats, and this client's CPU
@@ -48,8 +48,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # so `python bench/compare.py` finds demos/
 from streamkit.sse import EventParser  # noqa: E402
+from wsproto import ConnectionType, WSConnection  # noqa: E402
+from wsproto.events import CloseConnection, Ping, RejectConnection, Request, TextMessage  # noqa: E402
 
-LANES = ("poll", "long-poll", "sse")
+LANES = ("poll", "long-poll", "sse", "ws")
 COLUMNS = [("lane", 9), ("delivered", 9), ("gaps", 4), ("requests", 8), ("req/msg", 7),
            ("bytes/msg", 9), ("mean ms", 7), ("p95 ms", 7), ("max ms", 7)]
 
@@ -114,12 +116,12 @@ class Client(threading.Thread):
     def __init__(self, lane, prefix, host, port, window, args):
         super().__init__(daemon=True, name=f"{lane}-client")
         self.lane, self.prefix, self.window, self.args = lane, prefix, window, args
-        self.connection, self.socket = _Connection(host, port, self), None
+        self.address, self.connection, self.socket = (host, port), _Connection(host, port, self), None
         self.requests = self.received = 0
         self.latencies, self.ids, self.error = [], [], None
 
     def run(self):
-        lanes = {"poll": self.poll, "long-poll": self.long_poll, "sse": self.sse}
+        lanes = {"poll": self.poll, "long-poll": self.long_poll, "sse": self.sse, "ws": self.ws}
         try:
             lanes[self.lane]()
         except (OSError, ValueError, http.client.HTTPException) as error:
@@ -150,6 +152,29 @@ class Client(threading.Thread):
         parser = EventParser()
         while chunk := response.read1(65536):
             self.deliver([json.loads(event.data) for event in parser.feed(chunk)])
+
+    def ws(self):
+        """One WebSocket (wsproto, as the server's simple-websocket): a frame per message."""
+        self.requests += 1
+        self.socket = sock = socket.create_connection(self.address, timeout=60)
+        connection, text = WSConnection(ConnectionType.CLIENT), ""
+        sock.sendall(connection.send(Request(host=f"{self.address[0]}:{self.address[1]}",
+                                             target=self.prefix + "/ws")))
+        while data := sock.recv(65536):
+            self.received += len(data)
+            connection.receive_data(data)
+            for event in connection.events():
+                if isinstance(event, RejectConnection):
+                    raise http.client.HTTPException(f"/ws answered {event.status_code}")
+                if isinstance(event, Ping):  # the server's heartbeat
+                    sock.sendall(connection.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    return
+                elif isinstance(event, TextMessage):
+                    text += event.data  # a frame may arrive in pieces
+                    if event.message_finished:
+                        self.deliver([json.loads(text)])
+                        text = ""
 
     def get_json(self, path):
         self.requests += 1
@@ -216,7 +241,7 @@ def gaps(ids):
 
 
 def run(base, args):
-    """All three lanes at once for args.duration seconds: one row per lane."""
+    """All four lanes at once for args.duration seconds: one row per lane."""
     parts = urlsplit(base)
     window = Window(clock_offset(base))
     before = get_json(base, "/stats")
@@ -372,9 +397,9 @@ def bounded(kind, low, high):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m demos.compare",
-                                     description="Demo 5: short polling vs long polling vs SSE.")
+                                     description="Demo 5: short polling vs long polling vs SSE vs WebSocket.")
     commands = parser.add_subparsers(dest="command", required=True)
-    bench = commands.add_parser("bench", help="run the three lanes headless and print a table",
+    bench = commands.add_parser("bench", help="run the four lanes headless and print a table",
                                 description=__doc__.split("\n\n")[0])
     bench.add_argument("--duration", type=bounded(float, 1, 3600), default=20.0,
                        help="seconds to measure (default 20)")

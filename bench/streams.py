@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
-"""Hold N concurrent SSE streams against a server and measure what they cost it.
+"""Hold N concurrent SSE streams (or WebSockets) against a server and measure what they cost it.
 
 Usage:
-    python bench/streams.py URL -n 1000 5000 10000 [--duration 20]
+    python bench/streams.py URL -n 1000 5000 10000 [--duration 20] [--ws]
                             [--server-pid PID] [--ramp 1000] [--json FILE]
 
 For each N in turn: open N streams, at most --ramp of them in flight (a stream
 is in flight until its response head arrives) so the server's listen backlog
 is not overrun; once all are connected, measure for --duration seconds; close
 them all and print one row. Plain asyncio Protocols and raw HTTP/1.1 in one
-process, so holding 10,000 streams costs the client little.
+process, so holding 10,000 streams costs the client little. With --ws each
+client is a WebSocket instead (an Upgrade request, then one text frame per
+event; the server's pings are answered, as a browser does), e.g. URL
+http://127.0.0.1:8000/compare/ws.
 
 Columns:
     N            streams asked for
-    held         streams that got a 200 and were still open at the end (connect
+    held         streams that got a 200 (101 with --ws) and were still open at the end (connect
                  failures, non-200s and early closes are listed under the row)
     events       events received in the measurement window, all streams together
     p50/p99/max  event lateness in ms: receipt time - timestamp in the payload.
@@ -205,10 +208,14 @@ class StreamProtocol(asyncio.Protocol):
     def on_frame(self, frame):
         data = [line[5:].removeprefix(b" ") for line in frame.split(b"\n")
                 if line.startswith(b"data:")]  # comment lines (":...") drop out here
-        if not data or not self.window.open:
+        if data:
+            self.on_event(b"\n".join(data))
+
+    def on_event(self, data):
+        if not self.window.open:
             return
         self.window.events += 1
-        ts = payload_timestamp(b"\n".join(data).decode("utf-8", "replace").strip())
+        ts = payload_timestamp(data.decode("utf-8", "replace").strip())
         if ts is not None:
             self.window.lateness_ms.append((time.time() - ts) * 1000.0)
 
@@ -221,13 +228,39 @@ class StreamProtocol(asyncio.Protocol):
         self.transport.abort()
 
 
-async def open_stream(target, window, gate, deadline):
+class WebSocketProtocol(StreamProtocol):
+    """One WebSocket: the 101 head, then the server's frames (unmasked, RFC 6455)."""
+    __slots__ = ()
+    PONG = b"\x8a\x80\x00\x00\x00\x00"  # an empty pong, masked (with a zero key) as a client must
+
+    def feed(self, data):
+        self.sse += data  # (the frames' buffer)
+        while len(self.sse) >= 2:
+            opcode, length, start = self.sse[0] & 0x0F, self.sse[1] & 0x7F, 2
+            if length >= 126:
+                start = 4 if length == 126 else 10
+                if len(self.sse) < start:
+                    return
+                length = int.from_bytes(self.sse[2:start], "big")
+            if len(self.sse) < start + length:
+                return
+            payload, self.sse = self.sse[start:start + length], self.sse[start + length:]
+            if opcode == 1:  # text: one event (this bench's servers send no fragments)
+                self.on_event(payload)
+            elif opcode == 9:  # the server's ping
+                self.transport.write(self.PONG)
+            elif opcode == 8:  # close
+                self.transport.close()
+                return
+
+
+async def open_stream(target, window, gate, deadline, kind=StreamProtocol):
     """Connect one stream, holding a place in the gate until its head arrives."""
     host, port, request = target
     loop = asyncio.get_running_loop()
     async with gate:
         connect = loop.create_connection(
-            lambda: StreamProtocol(request, window), host, port)
+            lambda: kind(request, window), host, port)
         _, proto = await asyncio.wait_for(connect, deadline - loop.time())
         try:
             await asyncio.wait_for(proto.head, deadline - loop.time())
@@ -242,7 +275,8 @@ async def run_level(n, args, target):
     loop, window, pid = asyncio.get_running_loop(), Window(), args.server_pid
     rss_base = server_usage(pid)[0] if pid else None
     gate, deadline = asyncio.Semaphore(args.ramp), loop.time() + RAMP_TIMEOUT
-    tasks = [loop.create_task(open_stream(target, window, gate, deadline))
+    kind, expected = (WebSocketProtocol, 101) if args.ws else (StreamProtocol, 200)
+    tasks = [loop.create_task(open_stream(target, window, gate, deadline, kind))
              for _ in range(n)]
     await asyncio.wait(tasks, timeout=RAMP_TIMEOUT + 1)  # backstop; each has a deadline
     for t in tasks:
@@ -251,7 +285,7 @@ async def run_level(n, args, target):
     protos = [r for r in results if isinstance(r, StreamProtocol)]
     errors = collections.Counter(type(r).__name__ for r in results
                                  if isinstance(r, BaseException))
-    ok = [p for p in protos if p.status == 200]
+    ok = [p for p in protos if p.status == expected]
 
     window.open = True  # the measurement window: only now do events count
     wall0, cli0 = time.monotonic(), time.process_time()
@@ -288,16 +322,21 @@ def format_row(row):
     return "  ".join(t.rjust(width) for t, (_, width) in zip(texts, COLUMNS))
 
 
-def parse_target(url):
-    """(host, port, request bytes) for an http:// URL."""
+def parse_target(url, ws=False):
+    """(host, port, request bytes) for an http:// URL; with ws, a WebSocket handshake."""
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         sys.exit(f"error: only http://host[:port]/path URLs are supported, not {url!r}")
     port = parts.port or 80
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     host = parts.hostname if port == 80 else f"{parts.hostname}:{port}"
-    request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
-               "Cache-Control: no-cache\r\n\r\n").encode()
+    if ws:  # the key may be the same for every client: only the server's answer depends on it
+        request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+    else:
+        request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
+                   "Cache-Control: no-cache\r\n\r\n").encode()
     return parts.hostname, port, request
 
 
@@ -307,7 +346,7 @@ async def bench(args, target, header):
         writer.close()
     except (OSError, asyncio.TimeoutError) as exc:
         sys.exit(f"error: cannot reach {args.url}: {exc or 'timed out'}")
-    print(f"# SSE streams: {args.url}  duration {args.duration:g} s  python "
+    print(f"# {'WebSockets' if args.ws else 'SSE streams'}: {args.url}  duration {args.duration:g} s  python "
           f"{header['python']}  {header['date']}  fd limit {header['fd_limit']}")
     print("  ".join(name.rjust(width) for name, width in COLUMNS), flush=True)
     rows = []
@@ -332,12 +371,13 @@ def main():
     parser.add_argument("--server-pid", type=int, help="server or gunicorn master pid")
     parser.add_argument("--ramp", type=int, default=1000, help="connects in flight")
     parser.add_argument("--json", help="also write header and rows to this file")
+    parser.add_argument("--ws", action="store_true", help="WebSockets instead of SSE streams")
     args = parser.parse_args()
     header = {"url": args.url, "duration_s": args.duration,
               "python": platform.python_version(),
               "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "fd_limit": raise_fd_limit(), "server_pid": args.server_pid}
-    rows = asyncio.run(bench(args, parse_target(args.url), header))
+    rows = asyncio.run(bench(args, parse_target(args.url, args.ws), header))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"header": header, "rows": rows}, f, indent=2)

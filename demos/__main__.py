@@ -29,12 +29,24 @@ except settings.SettingError as error:
 
 class Handler(WSGIHandler):
     """gevent's handler, adding the connection's socket to the environ as gunicorn
-    and Werkzeug do: the relay asks it where this server listens."""
+    and Werkzeug do: the relay asks it where this server listens. A connection
+    upgraded to a WebSocket (flask-sock) is closed when its view returns."""
 
     def get_environ(self):
         environ = super().get_environ()
         environ["kit.socket"] = self.socket
         return environ
+
+    def handle_one_response(self):
+        super().handle_one_response()
+        if self.environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+            # The WebSocket's view has returned: end the connection now. Shut down, not
+            # only closed: simple-websocket reads from a duplicate of this socket.
+            self.close_connection = True
+            try:
+                self.socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # the client has gone already
 
 
 class Server(WSGIServer):

@@ -1,26 +1,21 @@
-"""Short polling vs long polling vs SSE: one ticker, three ways to hear it.
+"""Short polling vs long polling vs SSE vs WebSocket: one ticker, four ways to hear it.
 
-Shows: the same messages reaching the page three ways at once, and what each way
-costs in HTTP requests, bytes (headers included) and delivery latency. A ticker
-publishes {"id", "ts", "text"} at COMPARE_RATE_HZ (default 1) with jitter.
-  poll       GET /poll?since=ID            answers at once, mostly "nothing new"
-  long-poll  GET /long-poll?since=ID&timeout=S   holds the request until news
-  SSE        GET /sse                      one response, a frame per message
+Shows: the same messages reaching the page four ways at once, and what each way
+costs in HTTP requests, bytes (headers included) and delivery latency. A ticker (one
+per worker: run one) publishes {"id", "ts", "text"} at COMPARE_RATE_HZ (default 1)
+with jitter. Lanes: GET /poll?since=ID, /long-poll?since=ID&timeout=S, /sse, /ws?since=ID.
 Run: flask --app demos.compare run --debug   (alone), or the hub at /compare/
-Watch the raw stream: curl -N http://127.0.0.1:8000/compare/sse
 Compare them headless: python -m demos.compare bench --duration 10
-Leaves out on purpose: WebSocket (see the tutorial), several workers (each
-worker has its own ticker: run this demo with one).
 """
 import sys
 import time
+from functools import partial
 
 from flask import jsonify, render_template, request
 
-from streamkit import direct, sse, web
-from streamkit.ticker import Ticker
+from streamkit import direct, sse, web, websocket
+from streamkit.ticker import MAX_ID, Stats, Ticker
 
-MAX_ID = 2**53 - 1  # ids are ms-since-epoch based; JavaScript numbers stay exact up to here
 LANES = {"poll": "poll", "long_poll": "long-poll", "stream": "sse"}  # view → lane
 UNCOUNTED = "X-Uncounted"  # sent by the page's raw-wire panel: a second copy of /sse
 
@@ -29,12 +24,15 @@ def create_app(test_config=None):
     app = web.new_app(__name__, test_config, ["COMPARE_RATE_HZ"])
     app.config.setdefault("COMPARE_HEARTBEAT", 15.0)
     ticker = Ticker(app.config["COMPARE_RATE_HZ"], app.config["COMPARE_HEARTBEAT"])
-    stats = Stats()
+    stats = Stats([*LANES.values(), "ws"])
     app.extensions["compare"] = ticker, stats
+    sock = websocket.init(app)
 
     @app.before_request
     def start_ticker():
         ticker.start()  # on first use: one ticker per worker process, never per client
+        if request.endpoint == "ws":
+            since_arg(ticker, "since")  # a bad one is a 400 before the upgrade, not after
 
     @app.after_request
     def count(response):
@@ -44,7 +42,7 @@ def create_app(test_config=None):
 
     @app.get("/")
     def index():
-        """The page: three lanes side by side, each with its counters and chart."""
+        """The page: four lanes side by side, each with its counters and chart."""
         return render_template("compare/index.html", rate_hz=ticker.rate_hz)
 
     @app.get("/poll")
@@ -64,14 +62,20 @@ def create_app(test_config=None):
     def stream():
         """SSE: one response, one frame per message; resumes after Last-Event-ID."""
         since = since_arg(ticker, "lastEventId", request.headers.get("Last-Event-ID"))
-        counter = Stats() if UNCOUNTED in request.headers else stats
+        counter = Stats(["sse"]) if UNCOUNTED in request.headers else stats
         return sse.event_stream(frames(ticker, since, counter), encoded=True)
 
     @app.get("/sse-direct")
     def direct_stream():
         """The SSE lane written by the ticker to each socket itself (tutorial: beyond WSGI)."""
         since = since_arg(ticker, "lastEventId", request.headers.get("Last-Event-ID"))
-        return direct.event_stream(ticker, since, frames(ticker, since, Stats()))
+        return direct.event_stream(ticker, since, frames(ticker, since, Stats(["sse"])))
+
+    @sock.route("/ws")
+    def ws(ws):
+        """WebSocket: a frame per message (after `since` first); {"ping": t} → {"pong": t}."""
+        since = since_arg(ticker, "since")
+        websocket.talk(ws, texts(ticker, since, stats), partial(stats.add, "ws"))
 
     @app.get("/time")
     def clock():
@@ -88,14 +92,8 @@ def create_app(test_config=None):
 
 
 def since_arg(ticker, name, value=None):
-    """The last id a client has seen. None means "from now on". Ids number from
-    the clock, so one from before a restart is below this run's ids: the client
-    gets everything this run has kept. One beyond the newest cannot be ours (a
-    clock set back?): it gets the history too."""
-    since = web.number_arg(name, None, 0, MAX_ID, int, value=value)
-    if since is None:
-        return ticker.seq
-    return since if since <= ticker.seq else 0
+    """The last id a client has seen, checked; ticker.since() says what follows it."""
+    return ticker.since(web.number_arg(name, None, 0, MAX_ID, int, value=value))
 
 
 def messages_json(last_id, messages):
@@ -128,18 +126,16 @@ def frames(ticker, since, stats):
         stats.streams -= 1
 
 
-class Stats:
-    """Requests and bytes per lane. Plain counters without a lock: under gevent
-    nothing runs between a read and its write, and under threads a rare lost
-    increment does not matter for a demo figure."""
-
-    def __init__(self):
-        self.lanes = {lane: {"requests": 0, "bytes": 0} for lane in LANES.values()}
-        self.streams = 0  # SSE responses open right now
-
-    def add(self, lane, requests, size):
-        self.lanes[lane]["requests"] += requests
-        self.lanes[lane]["bytes"] += size
+def texts(ticker, since, stats):
+    """The WebSocket lane: each message's JSON, encoded once, a frame each; None: a ping."""
+    stats.streams += 1
+    try:
+        since, news = ticker.after(since)  # with `since`: what is kept after it, at once
+        while True:
+            yield from [message.json for message in news] or [None]
+            since, news = ticker.wait(since)  # parked until the next publish or heartbeat
+    finally:  # the sending loop closes us when a send fails
+        stats.streams -= 1
 
 
 app = create_app()

@@ -13,10 +13,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def source(path, *names):
     """The exact lines of the named top-level functions/classes (in file order), or
     the whole file when no name is given. "create_app.stream" names a function
-    nested in another, e.g. a view inside create_app()."""
+    nested in another, e.g. a view inside create_app(). In a .js file, a name is a
+    top-level function."""
     text = (ROOT / path).read_text(encoding="utf-8")
     if not names:
         return text.rstrip("\n")
+    if path.endswith(".js"):
+        return "\n\n".join(_js_function(text, name, path) for name in names)
     lines, tree = text.splitlines(), ast.parse(text)
     chunks = []
     for name in names:
@@ -26,6 +29,15 @@ def source(path, *names):
         indent = len(chunk[0]) - len(chunk[0].lstrip())
         chunks.append("\n".join(line[indent:] for line in chunk))
     return "\n\n".join(chunks)
+
+
+def _js_function(text, name, path):
+    """A top-level `function name(` (exported or not) of a script, to its closing `}`."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith((f"function {name}(", f"export function {name}(")):
+            return "\n".join(lines[i:lines.index("}", i) + 1])
+    raise LookupError(f"{path} has no top-level function {name!r}")
 
 
 def _find(tree, parts, path):

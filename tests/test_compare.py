@@ -1,4 +1,5 @@
-"""Demo 5: one ticker heard by short polling, long polling and SSE, and their cost."""
+"""Demo 5: one ticker heard by short polling, long polling, SSE and WebSocket, and their
+cost. The WebSocket lane's own tests are in test_compare_ws.py."""
 import argparse
 import importlib.util
 import json
@@ -19,6 +20,7 @@ from demos import compare
 from streamkit.ticker import Ticker
 from tests.conftest import ROOT, LiveServer, live_events, read_events, wait_until
 
+LANES = ["poll", "long-poll", "sse", "ws"]
 QUIET = {"TESTING": True, "COMPARE_RATE_HZ": 0.01}  # the ticker stays silent: tests publish
 FAST = {"COMPARE_RATE_HZ": "20"}  # the environment of a server the live tests start
 
@@ -52,7 +54,7 @@ def test_page(client):
     response = client.get("/")
     assert response.status_code == 200
     page = response.get_data(as_text=True)
-    for lane, url in [("poll", "/poll"), ("long-poll", "/long-poll"), ("sse", "/sse")]:
+    for lane, url in [("poll", "/poll"), ("long-poll", "/long-poll"), ("sse", "/sse"), ("ws", "ws")]:
         assert f'data-lane="{lane}" data-url="{url}"' in page
     assert 'data-time-url="/time"' in page and "Raw wire" in page and "6 connections" in page
 
@@ -216,7 +218,7 @@ def test_stats_count_requests_and_bytes_per_lane(app, client):
     stats = client.get("/stats").get_json()
     lanes = stats["lanes"]
     assert {lane: counts["requests"] for lane, counts in lanes.items()} == {
-        "poll": 2, "long-poll": 1, "sse": 1}
+        "poll": 2, "long-poll": 1, "sse": 1, "ws": 0}
     # Headers are counted too: each answer costs more than its body.
     poll_body = len(bodies[0]) + len(bodies[1])
     assert poll_body + 2 * 150 < lanes["poll"]["bytes"] < poll_body + 2 * 300
@@ -263,7 +265,7 @@ def server(tmp_path_factory):
 
 
 @pytest.mark.live
-def test_live_three_lanes_hear_every_message_and_stats_agree(server):
+def test_live_four_lanes_hear_every_message_and_stats_agree(server):
     # The headless bench's own clients, briefly: every lane gets every message
     # without a gap, long polls are woken by publishes rather than their timeout,
     # and the server's byte estimate is close to the bytes the clients counted.
@@ -275,7 +277,7 @@ def test_live_three_lanes_hear_every_message_and_stats_agree(server):
         assert row["delivered"] >= 2 * 10 and row["gaps"] == 0, lane
         exact = row["bytes_per_msg"] * row["delivered"]
         assert abs(result["server"][lane]["bytes"] - exact) < 0.1 * exact, lane
-    assert rows["long-poll"]["p95_ms"] < 1000 and rows["sse"]["requests"] == 2
+    assert rows["long-poll"]["p95_ms"] < 1000 and rows["sse"]["requests"] == rows["ws"]["requests"] == 2
     assert rows["poll"]["req_per_msg"] > rows["sse"]["req_per_msg"]
 
 
@@ -348,8 +350,8 @@ def test_bench_command_prints_the_table(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["lane", "delivered"])
-    rows = [line.split() for line in lines[header + 1:header + 4]]
-    assert [row[0] for row in rows] == ["poll", "long-poll", "sse"]
+    rows = [line.split() for line in lines[header + 1:header + 5]]
+    assert [row[0] for row in rows] == ["poll", "long-poll", "sse", "ws"]
     assert all(int(row[1]) > 0 and row[2] == "0" for row in rows)
     if importlib.util.find_spec("matplotlib"):  # requirements-dev.txt installs it
         assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -367,26 +369,28 @@ def test_bench_refuses_rate_with_a_url():
 # --- the page in a real browser -------------------------------------------------
 
 @pytest.mark.browser
-def test_page_runs_three_lanes_on_the_same_messages(server, page):
+def test_page_runs_four_lanes_on_the_same_messages(server, page):
     page.goto(server.url + "/compare/")
     page.fill("input[name=interval]", "0.2")
     page.fill("input[name=timeout]", "5")
     page.click("button[type=submit]")
-    for lane in ["poll", "long-poll", "sse"]:
+    for lane in LANES:
         page.wait_for_function(f"document.querySelectorAll('#lane-{lane} li').length >= 15")
     # Bytes come from the server's /stats, fetched once a second.
     page.wait_for_function("document.querySelector('#lane-sse [data-field=bytes]').textContent !== '–'")
     page.click("#stop")
     seen = {lane: {int(n) for n in page.locator(f"#lane-{lane} li").evaluate_all(
-        "items => items.map(item => item.dataset.id)")} for lane in ["poll", "long-poll", "sse"]}
+        "items => items.map(item => item.dataset.id)")} for lane in LANES}
     # Each lane started "from now on" at a slightly different moment and keeps the
-    # last 30: compare the ids all three had the chance to receive.
+    # last 30: compare the ids all four had the chance to receive.
     low, high = max(min(ids) for ids in seen.values()), min(max(ids) for ids in seen.values())
     assert high - low >= 5
     assert {frozenset(n for n in ids if low <= n <= high) for ids in seen.values()} == {
         frozenset(range(low, high + 1))}
     assert page.locator(".lane li.gap").count() == 0
     assert page.locator("#lane-sse [data-field=requests]").text_content() == "1"
+    assert page.locator("#lane-ws [data-field=requests]").text_content() == "1"
+    assert page.locator("#lane-ws [data-field=rtt]").text_content().endswith(" ms")  # ping → pong
     assert int(page.locator("#lane-poll [data-field=requests]").text_content()) >= 3
     assert page.locator("#lane-sse [data-field=mean]").text_content().endswith(" ms")
     assert "id: " in page.locator("#wire").text_content()

@@ -31,7 +31,7 @@ def test_every_count_that_includes_the_wire_panel_says_so(prefix):
 def test_compare_lists_are_not_numbered_backwards():
     # Newest first in an <ol> read 1, 2, 3 from the newest: each item names its id instead.
     html = hub.app.test_client().get("/compare/").text
-    assert html.count('<ul class="events">') == 3 and "<ol" not in html
+    assert html.count('<ul class="events">') == 4 and "<ol" not in html
 
 
 def test_every_page_script_is_a_module():

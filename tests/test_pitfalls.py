@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import requests
 
 from demos import pitfalls
 from tests.conftest import ROOT, free_port, live_events, read_events, wait_until
+from tests.wsclient import Client
 
 NGINX = os.environ.get("KIT_NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -272,7 +274,7 @@ def nginx(tmp_path):
         pytest.skip(reason)
     processes = []
 
-    def start(config_for):
+    def start(config_for, scheme="http"):
         port = free_port()
         prefix = tmp_path / f"nginx-{port}"
         prefix.mkdir()
@@ -282,7 +284,7 @@ def nginx(tmp_path):
             processes.append(subprocess.Popen(
                 [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
                 stdout=output, stderr=subprocess.STDOUT))
-        url = f"http://127.0.0.1:{port}"
+        url = f"{scheme}://127.0.0.1:{port}"
         if not wait_until(lambda: processes[-1].poll() is not None or _answers(url), timeout=10) \
                 or processes[-1].poll() is not None:
             pytest.fail(f"nginx did not start:\n{log.read_text()}")
@@ -296,7 +298,9 @@ def nginx(tmp_path):
 
 def _answers(url):
     try:
-        return requests.get(url + "/healthz", timeout=1).status_code == 200
+        with warnings.catch_warnings():  # https: the tests' own self-signed certificate
+            warnings.simplefilter("ignore")
+            return requests.get(url + "/healthz", timeout=1, verify=False).status_code == 200
     except requests.ConnectionError:
         return False
 
@@ -342,6 +346,98 @@ def test_nginx_idle_timeout_cuts_a_late_first_event_and_heartbeats_keep_it(live_
     assert late.status == 504 and late.events == []
     kept = live_events(url + "/pitfalls/stream?count=2&interval=0.05&delay=1&heartbeat=0.2")
     assert kept.status == 200 and numbers(kept) == [1, 2] and kept.raw.count(": ping") >= 4
+
+
+def with_websocket(text):
+    """deploy/nginx.conf with its commented WebSocket location switched on."""
+    block = re.search(r"^( +)# location /compare/ws \{\n(?:\1#.*\n)*?\1# \}\n", text, re.M)
+    assert block, "deploy/nginx.conf should have a commented location /compare/ws"
+    return text.replace(block.group(0), re.sub(r"^( +)# ?", r"\1", block.group(0), flags=re.M))
+
+
+@pytest.mark.live
+def test_nginx_passes_a_websocket_only_with_its_upgrade_lines(live_server, nginx):
+    # As it is, the config passes no Upgrade header: the kit sees a plain GET.
+    plain = Client(nginx(lambda port: kit_config(live_server.port, port)), "/compare/ws")
+    plain.close()
+    assert plain.accepted.status_code == 426
+    url = nginx(lambda port: with_websocket(kit_config(live_server.port, port)))
+    client = Client(url, "/compare/ws?since=0")
+    try:
+        assert client.messages(1)[0]["id"]
+        client.send('{"ping": 7}')  # answered after the kept messages still on their way
+        assert any(client.messages(1)[0] == {"pong": 7} for _ in range(1001))
+    finally:
+        client.close()
+
+
+# --- HTTP/2 through nginx, in real Chromium ---------------------------------------
+
+@pytest.fixture
+def certificate(tmp_path):
+    """A self-signed certificate for 127.0.0.1, made now with openssl: (cert, key)."""
+    cert, key = tmp_path / "kit.pem", tmp_path / "kit.key"
+    result = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return cert, key
+
+
+def http2_config(upstream, listen, certificate, http2=True):
+    """deploy/nginx-http2.conf with its ports and certificate changed (without `http2`:
+    the same TLS, HTTP/1.1)."""
+    text = (ROOT / "deploy" / "nginx-http2.conf").read_text()
+    changes = {r"server 127\.0\.0\.1:8000;": f"server 127.0.0.1:{upstream};",
+               r"listen 127\.0\.0\.1:8443 ssl http2;": f"listen 127.0.0.1:{listen} ssl{' http2' * http2};",
+               r"ssl_certificate +/tmp/kit-nginx/kit\.pem;": f"ssl_certificate {certificate[0]};",
+               r"ssl_certificate_key +/tmp/kit-nginx/kit\.key;": f"ssl_certificate_key {certificate[1]};"}
+    for pattern, replacement in changes.items():
+        text, found = re.subn(pattern, replacement, text)
+        assert found == 1, f"deploy/nginx-http2.conf should have exactly one {pattern!r}"
+    return text
+
+
+@pytest.fixture
+def tls_page(browser):
+    context = browser.new_context(ignore_https_errors=True)  # the certificate is our own
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    yield page
+    context.close()
+
+
+OPEN_TEN = """async () => {
+    const sources = Array.from({ length: 10 }, () => new EventSource("stream?count=1000&interval=0.1&heartbeat=1"));
+    const events = sources.map(() => 0);
+    sources.forEach((source, i) => { source.onmessage = () => { events[i] += 1; }; });
+    const started = performance.now();
+    while (events.some((n) => n < 3) && performance.now() - started < 8000) await new Promise((r) => setTimeout(r, 50));
+    sources.forEach((source) => source.close());
+    return events;
+}"""
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("http2", [False, True], ids=["http1-seventh-waits", "http2-ten-stream"])
+def test_http2_lifts_the_six_connection_limit(live_server, nginx, certificate, tls_page, http2):
+    url = nginx(lambda port: http2_config(live_server.port, port, certificate, http2), scheme="https")
+    tls_page.goto(url + "/pitfalls/")
+    protocol = tls_page.evaluate('performance.getEntriesByType("navigation")[0].nextHopProtocol')
+    assert protocol == ("h2" if http2 else "http/1.1")
+    if not http2:  # one EventSource of seven waits for one of the six connections
+        tls_page.click("#open-seven")
+        tls_page.wait_for_function("document.querySelectorAll('#seven li.open').length === 6")
+        tls_page.wait_for_timeout(1000)
+        # (Over TLS the connections' handshakes finish in any order: not always the seventh.)
+        states = tls_page.locator("#seven li").all_text_contents()
+        assert sum("connecting" in state for state in states) == 1, states
+        assert tls_page.locator("#seven li.open").count() == 6
+        tls_page.click("#close-seven")
+        return
+    events = tls_page.evaluate(OPEN_TEN)  # one connection, ten streams on it
+    assert min(events) >= 3, events
 
 
 # --- in real Chromium ---------------------------------------------------------------

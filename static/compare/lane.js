@@ -1,4 +1,4 @@
-// What the three lanes share: their counters, latency figures and chart.
+// What the four lanes share: their counters, latency figures and chart.
 // Latency = arrival time on the server's clock - the message's publish time `ts`;
 // page.js measures the offset between the page's clock and the server's.
 
@@ -34,7 +34,7 @@ export class Lane {
     top = Math.max(top, Math.ceil(latency / 500) * 500);
     const item = document.createElement("li");
     item.dataset.id = message.id;
-    // A gap or a repeat shows in red: none of the three should ever have one.
+    // A gap or a repeat shows in red: no lane should ever have one.
     if (this.lastId !== null && message.id !== this.lastId + 1) item.className = "gap";
     item.textContent = `#${message.id} ${message.text} · ${Math.round(latency)} ms`;
     const list = this.el.querySelector(".events");

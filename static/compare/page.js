@@ -1,16 +1,17 @@
-// Demo 5's page: starts the three lanes at once, measures the clock offset and
+// Demo 5's page: starts the four lanes at once, measures the clock offset and
 // shows the server's byte counts. The lanes themselves are poll.js,
-// long-poll.js and sse.js (read them in that order); lane.js draws them.
+// long-poll.js, sse.js and ws.js (read them in that order); lane.js draws them.
 import * as poll from "./poll.js";
 import * as longPoll from "./long-poll.js";
 import * as sse from "./sse.js";
+import * as ws from "./ws.js";
 import { lanes, setClockOffset } from "./lane.js";
 import { startWire, stopWire } from "../wire.js";
 
 const main = document.querySelector("main");
 const form = document.getElementById("controls");
 const status = document.getElementById("status");
-const scripts = { poll, "long-poll": longPoll, sse };
+const scripts = { poll, "long-poll": longPoll, sse, ws };
 let baseline = null; // /stats when Start was pressed: the page shows what came after
 let statsTimer = null;
 

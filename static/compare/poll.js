@@ -1,6 +1,6 @@
-// Lane 1, short polling. Read this file first, then long-poll.js, then sse.js:
-// the three have the same functions, so `diff poll.js long-poll.js` shows only
-// what changes from one technique to the next.
+// Lane 1, short polling. Read this file first, then long-poll.js, sse.js and
+// ws.js: the four have the same functions, so `diff poll.js long-poll.js` shows
+// only what changes from one technique to the next.
 // Short polling: ask "anything newer than the last id I saw?" every `interval`
 // seconds. The server answers at once, most of the time with an empty list.
 import { Lane } from "./lane.js";
