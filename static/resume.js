@@ -145,6 +145,7 @@ function pause() {
   }
   stopReading();
   pausedAt = performance.now();
+  status.value = "paused: nobody reads the answer";
   field("pause").textContent = "Resume reading";
   showWire(wire, `${stamp()} paused: nobody reads the answer now`, "note");
   countdown();
