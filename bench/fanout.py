@@ -39,7 +39,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,16 +46,14 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from relay import free_port  # noqa: E402  (bench/relay.py)
+from streams import server_usage as usage  # noqa: E402  (bench/streams.py: RSS and CPU of the workers)
+
 PEERS = ROOT / "bench" / "peers"
 BUILD = ROOT / "bench" / ".build"
 CLIENT_MAX = 18000  # streams per client process: below a common 20,000-file limit
 SERVERS = ["direct", "plain", "express", "fastapi", "starlette", "announcer"]
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def client_binary():
@@ -91,32 +88,6 @@ def server_command(name, port, streams):
     module = {"fastapi": "fastapi_sse:app", "starlette": "sse_starlette_app:app"}[name]
     return ([str(peer_python), "-m", "uvicorn", "--app-dir", str(PEERS), module, "--host", "127.0.0.1",
              "--port", str(port), "--log-level", "warning", "--backlog", "4096"], {}, "/events", ROOT)
-
-
-def usage(pid):
-    """(RSS KiB, CPU seconds) of pid, or of the leaves of its process tree (a
-    gunicorn master's worker)."""
-    leaves, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        kids = []
-        for path in Path(f"/proc/{p}/task").glob("*/children"):
-            try:
-                kids += [int(c) for c in path.read_text().split()]
-            except OSError:
-                pass
-        todo += kids
-        if not kids:
-            leaves.append(p)
-    rss, ticks = 0, 0
-    for p in leaves:
-        try:
-            rss += int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{p}/status").read_text()).group(1))
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-        except (OSError, AttributeError):
-            pass
-    return rss, ticks / os.sysconf("SC_CLK_TCK")
 
 
 def wait_healthy(url, process, timeout=30):
