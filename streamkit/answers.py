@@ -12,6 +12,7 @@ Two stores, one interface:
   MemoryAnswers  this worker's memory: the default, right for one worker.
   RedisAnswers   Redis Streams: a reader or a Stop on any worker finds the answer.
 """
+import contextlib
 import json
 import logging
 import os
@@ -95,12 +96,9 @@ class Runner:
         self.store, self.id, self.upstream = store, id, upstream
         self.dialect, self.key, self.timeout = (config[name] for name in
                                                 ("UPSTREAM_DIALECT", "UPSTREAM_API_KEY", "UPSTREAM_TIMEOUT"))
-        self.stopping, self.count, self.timed_out = None, 0, False
+        self.stopping, self.count, self.size, self.timed_out = None, 0, 0, False
         self.heard = time.monotonic()  # the LLM's last bytes
-        # The store's janitor enforces UPSTREAM_TIMEOUT from `heard`: a socket timeout
-        # would start and cancel a timer on every read (as streamkit/relaying.py says).
-        if (connection := upstream.raw.connection) and connection.sock:
-            connection.sock.settimeout(None)
+        relaying.untimed(upstream)  # the store's janitor enforces UPSTREAM_TIMEOUT from `heard`
 
     def start(self):
         threading.Thread(target=self.run, name=f"answer {self.id[:6]}", daemon=True).start()
@@ -118,6 +116,9 @@ class Runner:
                 if self.stopping:
                     break
                 if isinstance(item, str):
+                    self.size += len(item.encode())
+                    if self.size > MAX_TEXT:
+                        raise llm.UpstreamError(f"the answer is longer than the store keeps ({MAX_TEXT >> 20} MiB)")
                     self.count += 1
                     self.store.add(self.id, self.count, item)
                 else:
@@ -138,10 +139,7 @@ class Runner:
         """Close the LLM's connection under the runner's read: it returns at once."""
         if self.stopping is None:
             self.stopping = reason
-            try:
-                self.upstream.raw.shutdown()
-            except (ValueError, RuntimeError, OSError, AttributeError):
-                pass  # read to the end already
+            relaying.cut(self.upstream)
 
     def check(self, now):
         """The janitor's visit: an LLM silent for UPSTREAM_TIMEOUT is cut (a 504 relay-error)."""
@@ -236,8 +234,6 @@ class MemoryAnswers(Janitor):
     def add(self, id, n, text):
         answer = self.answers[id]
         data = text.encode()
-        if len(answer.text) + len(data) > MAX_TEXT:
-            raise llm.UpstreamError(f"the answer is longer than the store keeps ({MAX_TEXT >> 20} MiB)")
         answer.text += data  # the text first: a reader decodes only the sizes it sees
         size = len(data)
         while size >= 0x80:
@@ -282,8 +278,20 @@ class MemoryAnswers(Janitor):
         deltas, cursor = answer.deltas(after, cursor)
         return deltas, end, cursor
 
+    @contextlib.contextmanager
     def reading(self, id):
-        return _Reading(self.answers.get(id))
+        """While a reader follows an answer, the answer is not abandoned."""
+        answer = self.answers.get(id)
+        if answer is None:
+            yield
+            return
+        answer.readers += 1
+        try:
+            yield
+        finally:
+            answer.readers -= 1
+            if answer.end is None:
+                answer.seen = time.monotonic()
 
     def stop(self, id, reason):
         """True if the answer exists (running or not); a running one is stopped."""
@@ -305,23 +313,6 @@ class MemoryAnswers(Janitor):
                     self.stop(id, ABANDONED)
             elif now - answer.ended_at > self.ttl:
                 self.answers.pop(id, None)
-
-
-class _Reading:
-    """While a reader follows an answer it is not abandoned (memory store)."""
-
-    def __init__(self, answer):
-        self.answer = answer
-
-    def __enter__(self):
-        if self.answer is not None:
-            self.answer.readers += 1
-
-    def __exit__(self, *exc):
-        if self.answer is not None:
-            self.answer.readers -= 1
-            if self.answer.end is None:
-                self.answer.seen = time.monotonic()
 
 
 class RedisAnswers(Janitor):
@@ -410,7 +401,7 @@ class RedisAnswers(Janitor):
         return deltas, end, None
 
     def reading(self, id):
-        return _Reading(None)  # readers keep the :seen key alive in read()
+        return contextlib.nullcontext()  # readers keep the :seen key alive in read()
 
     def stop(self, id, reason):
         if runner := self.runners.get(id):
