@@ -32,9 +32,8 @@ import weakref
 
 from flask import request
 
-from streamkit import sse
+from streamkit import sse, web
 
-SOCKET_KEYS = ("gunicorn.socket", "kit.socket")  # gunicorn's gevent worker; python -m demos serve
 DIRECT = b": direct: the ticker writes to this socket itself\n\n"
 PLAIN = b": plain path: writing directly needs a gevent server's socket and HTTP/1.1\n\n"
 
@@ -68,7 +67,7 @@ def event_stream(board, since, plain):
 
 def client_socket(environ):
     """The client's gevent socket, if the server gives it and will chunk the response."""
-    sock = next((environ[key] for key in SOCKET_KEYS if key in environ), None)
+    sock = web.connection_socket(environ)
     if not type(sock).__module__.startswith("gevent") or not hasattr(sock, "_sock"):
         return None  # no socket, or a blocking one: a send could stall the writer
     if environ.get("SERVER_PROTOCOL") != "HTTP/1.1" or environ.get("REQUEST_METHOD") != "GET":
